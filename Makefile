@@ -1,0 +1,115 @@
+# Cairn's one entry point. Every target installs what it needs itself, so a
+# fresh clone on a Debian machine (root) needs nothing else.
+#
+#   make build      all binaries into bin/
+#   make test       unit tests (-race) and integration tests against a real API server
+#   make lint       gofmt, go vet, staticcheck
+#   make generate   protobuf, deepcopy, CRD YAML, clientset/informers/listers
+#   make k8s-bins   etcd and the Kubernetes binaries for tests, into bin/k8s
+#   make demo       the mesh in the lab with a sample application
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+GO      ?= go
+BIN     := $(CURDIR)/bin
+TOOLS   := $(BIN)/tools
+K8S_BIN := $(BIN)/k8s
+export PATH := $(TOOLS):$(PATH)
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/cairnmesh/cairn/internal/version.version=$(VERSION)
+
+COMMANDS := \
+	./ztunnel/cmd/ztunnel \
+	./ztunnel/cmd/cairn-cni \
+	./waypoint/cmd/waypoint \
+	./istiod-lite/cmd/istiod-lite \
+	./cairnctl/cmd/cairnctl
+
+# Pinned tool versions. Each tool lands in bin/tools with a stamp that names
+# its version, so a version bump reinstalls it and nothing else does.
+CONTROLLER_TOOLS_VERSION := v0.23.0
+CODE_GENERATOR_VERSION   := v0.37.2
+PROTOC_GEN_GO_VERSION    := v1.36.12
+PROTOC_GEN_GRPC_VERSION  := v1.6.2
+STATICCHECK_VERSION      := v0.8.2
+
+define go-tool
+$(TOOLS)/.$(1)-$(3):
+	@mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) $(GO) install $(2)@$(3)
+	@rm -f $(TOOLS)/.$(1)-* && touch $$@
+endef
+$(eval $(call go-tool,controller-gen,sigs.k8s.io/controller-tools/cmd/controller-gen,$(CONTROLLER_TOOLS_VERSION)))
+$(eval $(call go-tool,client-gen,k8s.io/code-generator/cmd/client-gen,$(CODE_GENERATOR_VERSION)))
+$(eval $(call go-tool,lister-gen,k8s.io/code-generator/cmd/lister-gen,$(CODE_GENERATOR_VERSION)))
+$(eval $(call go-tool,informer-gen,k8s.io/code-generator/cmd/informer-gen,$(CODE_GENERATOR_VERSION)))
+$(eval $(call go-tool,protoc-gen-go,google.golang.org/protobuf/cmd/protoc-gen-go,$(PROTOC_GEN_GO_VERSION)))
+$(eval $(call go-tool,protoc-gen-go-grpc,google.golang.org/grpc/cmd/protoc-gen-go-grpc,$(PROTOC_GEN_GRPC_VERSION)))
+$(eval $(call go-tool,staticcheck,honnef.co/go/tools/cmd/staticcheck,$(STATICCHECK_VERSION)))
+
+GEN_TOOLS := \
+	$(TOOLS)/.controller-gen-$(CONTROLLER_TOOLS_VERSION) \
+	$(TOOLS)/.client-gen-$(CODE_GENERATOR_VERSION) \
+	$(TOOLS)/.lister-gen-$(CODE_GENERATOR_VERSION) \
+	$(TOOLS)/.informer-gen-$(CODE_GENERATOR_VERSION) \
+	$(TOOLS)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
+	$(TOOLS)/.protoc-gen-go-grpc-$(PROTOC_GEN_GRPC_VERSION)
+
+# Debian packages, installed only when the command is missing.
+APT_UPDATED := $(BIN)/.apt-updated
+define apt-need
+	@command -v $(1) >/dev/null || { \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && mkdir -p $(BIN) && touch $(APT_UPDATED); }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; }
+endef
+
+.PHONY: build
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(COMMANDS)
+
+.PHONY: tools
+tools: $(GEN_TOOLS) protoc
+
+.PHONY: protoc
+protoc:
+	$(call apt-need,protoc,protobuf-compiler)
+
+.PHONY: generate
+generate: tools
+	hack/generate.sh
+
+.PHONY: k8s-bins
+k8s-bins:
+	hack/k8s-bins.sh $(K8S_BIN)
+
+# Unit tests (everything outside integration/) run with -race. Integration
+# tests start their own etcd + kube-apiserver per package; two at a time at
+# most, since API server start-up is CPU-heavy on small machines.
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
+INTEGRATION_PKGS = $(shell $(GO) list ./integration/...)
+
+.PHONY: test
+test: tools k8s-bins
+	K8S_ASSETS=$(K8S_BIN) $(GO) test -race -count=1 $(UNIT_PKGS)
+	K8S_ASSETS=$(K8S_BIN) $(GO) test -count=1 -p 2 -timeout 20m $(INTEGRATION_PKGS)
+
+.PHONY: test-unit
+test-unit: tools
+	$(GO) test -race $(UNIT_PKGS)
+
+.PHONY: lint
+lint: $(TOOLS)/.staticcheck-$(STATICCHECK_VERSION)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt would change:"; echo "$$out"; exit 1; }
+	$(GO) vet ./...
+	staticcheck ./...
+
+.PHONY: demo
+demo:
+	@echo "make demo: the lab (issue 3) is not built yet; see README.md" >&2; exit 1
+
+.PHONY: clean
+clean:
+	rm -rf $(BIN)
