@@ -26,7 +26,8 @@ COMMANDS := \
 	./ztunnel/cmd/cairn-cni \
 	./waypoint/cmd/waypoint \
 	./istiod-lite/cmd/istiod-lite \
-	./cairnctl/cmd/cairnctl
+	./cairnctl/cmd/cairnctl \
+	./integration/apps/echo/cmd/echoserver
 
 # Pinned tool versions. Each tool lands in bin/tools with a stamp that names
 # its version, so a version bump reinstalls it and nothing else does.
@@ -85,11 +86,11 @@ generate: tools
 k8s-bins:
 	hack/k8s-bins.sh $(K8S_BIN)
 
-# Unit tests (everything outside integration/) run with -race. Integration
-# tests start their own etcd + kube-apiserver per package; two at a time at
-# most, since API server start-up is CPU-heavy on small machines.
-UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
-INTEGRATION_PKGS = $(shell $(GO) list ./integration/...)
+# Unit tests run with -race. Integration tests (the integration package and
+# the lab) start their own etcd + kube-apiserver per package; two at a time
+# at most, since API server start-up is CPU-heavy on small machines.
+INTEGRATION_PKGS = $(shell $(GO) list ./integration/... | grep -E '/integration(/lab(/.*)?)?$$')
+UNIT_PKGS = $(shell $(GO) list ./... | grep -vE '/integration(/lab(/.*)?)?$$')
 
 .PHONY: test
 test: tools k8s-bins
