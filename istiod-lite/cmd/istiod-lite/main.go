@@ -4,6 +4,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -27,6 +28,10 @@ Ports: 15012 gRPC (xDS and CA, TLS), 15014 metrics, 8080 debug.`,
 		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return errors.New("the control plane is not implemented in this build yet (see README.md for what works today)")
+		},
 	}
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "istiod-lite:", err)

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -25,6 +26,10 @@ Ports: 15008 HBONE, 15020 metrics, 15021 readiness, 15000 admin.`,
 		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return errors.New("the L7 proxy is not implemented in this build yet (see README.md for what works today)")
+		},
 	}
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "waypoint:", err)

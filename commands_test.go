@@ -1,0 +1,51 @@
+package cairn
+
+import (
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestCommandsAnswerHelpAndVersion builds every command of the module and
+// runs it with --help and --version, as a user trying a binary first does.
+func TestCommandsAnswerHelpAndVersion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds every binary; skipped in -short mode")
+	}
+	var mains []string
+	for _, p := range goList(t, module+"/...") {
+		if p.Name == "main" {
+			mains = append(mains, p.ImportPath)
+		}
+	}
+	if len(mains) < 5 {
+		t.Fatalf("found %d commands (%v), want at least the five binaries of Cairn", len(mains), mains)
+	}
+	dir := t.TempDir()
+	build := exec.Command("go", append([]string{"build", "-o", dir + "/"}, mains...)...)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, pkg := range mains {
+		name := path.Base(pkg)
+		t.Run(name, func(t *testing.T) {
+			bin := filepath.Join(dir, name)
+			help, err := exec.Command(bin, "--help").CombinedOutput()
+			if err != nil {
+				t.Fatalf("%s --help: %v\n%s", name, err, help)
+			}
+			if !strings.Contains(string(help), "Usage:") || !strings.Contains(string(help), name) {
+				t.Errorf("%s --help printed no usage:\n%s", name, help)
+			}
+			version, err := exec.Command(bin, "--version").CombinedOutput()
+			if err != nil {
+				t.Fatalf("%s --version: %v\n%s", name, err, version)
+			}
+			if !strings.Contains(string(version), "dev") {
+				t.Errorf("%s --version = %q, want the version (dev for a plain go build)", name, version)
+			}
+		})
+	}
+}
