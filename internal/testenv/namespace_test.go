@@ -23,7 +23,7 @@ func TestNamespaceName(t *testing.T) {
 	if got := namespaceName("TestHTTPRoute/invalid_path_type"); !strings.HasPrefix(got, "testhttproute-invalid-path-type-") {
 		t.Errorf("got %q", got)
 	}
-	if namespaceName("TestX") == namespaceName("TestX") {
+	if first, second := namespaceName("TestX"), namespaceName("TestX"); first == second {
 		t.Error("two namespaces for the same test got the same name")
 	}
 }

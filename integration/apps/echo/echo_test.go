@@ -3,7 +3,6 @@ package echo
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -89,12 +87,9 @@ func TestHTTPAnswersWithPodAndRequest(t *testing.T) {
 	cfg := startEcho(t)
 	base := "http://127.0.0.1:" + itoa(cfg.HTTPPort)
 
-	h2c := &http.Client{Transport: &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		},
-	}}
+	var h2only http.Protocols
+	h2only.SetUnencryptedHTTP2(true)
+	h2c := &http.Client{Transport: &http.Transport{Protocols: &h2only}}
 	for name, client := range map[string]*http.Client{"HTTP/1.1": http.DefaultClient, "HTTP/2.0": h2c} {
 		t.Run(name, func(t *testing.T) {
 			resp, got := getJSON(t, client, base+"/reviews/1?x=y", http.Header{"X-Marker": {"m-123"}})
