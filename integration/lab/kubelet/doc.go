@@ -1,0 +1,85 @@
+// Package kubelet is the lab kubelet: it makes one network namespace of
+// the lab a Kubernetes node. It registers a Node (with a Lease), watches
+// the pods bound to it and runs them as plain processes, and serves the
+// kubelet API (logs, exec, port-forward) through integration/lab/kubeletapi.
+//
+// # Pods
+//
+// A pod's sandbox is a network namespace bind-mounted at
+// <NodeRoot>/var/run/netns/cni-<id> (that directory is a shared mount, so
+// node agents that mount it with hostPath see namespaces made later), set
+// up by the node's CNI configuration through libcni: the first file of
+// <NodeRoot>/etc/cni/net.d, re-read for every pod so that a plugin a
+// DaemonSet chains in later is called too, with CNI_ARGS naming the pod
+// (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_INFRA_CONTAINER_ID,
+// K8S_POD_UID) and libcni's cache under <NodeRoot>/var/lib/cni. hostNetwork
+// pods use the kubelet's namespace, the node's. Each pod gets a cgroup
+// named as a real kubelet's cgroupfs layout, under the kubelet's own
+// cgroup in every hierarchy but cpuset:
+// <own>/kubepods/<qos>/pod<uid>/<container-id>.
+//
+// # Containers
+//
+// A container is a process with its own mount and UTS namespaces in the
+// pod's network namespace and cgroup. The kubelet re-executes its own
+// binary as the hidden container-init command (InitCommand) in two roles:
+//
+//   - the monitor, in a session of its own, is the container's parent (as
+//     conmon is): it copies stdout and stderr into the CRI-format log
+//     <NodeRoot>/var/log/pods/<ns>_<pod>_<uid>/<container>/<restart>.log,
+//     waits for the container and records its exit (exit.json). It outlives
+//     the kubelet, which is how a restarted kubelet adopts running pods.
+//   - the start stage, cloned by the monitor with CLONE_NEWNS|CLONE_NEWUTS,
+//     joins the cgroups and the pod's network namespace (setns on its one
+//     locked thread, then execve from that thread), builds the root and
+//     execs the container's program.
+//
+// The root is a tmpfs on an empty directory under the lab dir that
+// becomes "/" by pivot_root. In it: the host's /usr (read-only; /bin,
+// /sbin, /lib, /lib64 as the symlinks they are on a merged-/usr host), /etc
+// as an overlay (host /etc below, a tmpfs above, so the container may
+// write there and mount points can be made) with the pod's resolv.conf,
+// hosts and hostname on top, fresh /proc and /sys (showing the pod's
+// network), the host's /dev and /sys/fs/cgroup, a private /tmp, /var/run
+// -> /run, the repository's bin/ read-only at /cairn/bin, and the
+// volumes. Every mount is a slave of the node's: nothing a container
+// mounts reaches the host, and mounts made on the node under a hostPath
+// reach the container. Mount points are only ever created on the tmpfs,
+// the overlay or the kubelet's own volume directories; a volume whose
+// mount point would have to be created inside a host directory fails
+// with a clear message. So the kubelet writes on the host only under
+// NodeRoot (the lab dir) and in the cgroup filesystem.
+//
+// Images map to binaries (Config.resolveImage): cairn/<name>:<tag> runs
+// <BinDir>/<name>, other images come from Config.Images, and an unknown
+// image leaves the container Waiting with ErrImagePull, then
+// ImagePullBackOff. command and args override the binary as they would
+// an image's entrypoint; a command naming the binary by its base name
+// (/usr/local/bin/ztunnel) runs it.
+//
+// exec joins a running container with nsenter (util-linux), started by
+// the enter role after it joined the container's cgroups: a multi-threaded
+// Go process cannot setns(CLONE_NEWNS). port-forward dials 127.0.0.1 from
+// a thread inside the pod's network namespace.
+//
+// # State
+//
+// Per pod, <NodeRoot>/var/lib/cairn-kubelet/pods/<uid>/pod.json holds the
+// sandbox (netns path, IPs, cgroups) and each container's last two
+// instances (monitor and container PIDs with their start times, exit).
+// On start the kubelet reads it: live monitors are adopted, exits that
+// happened meanwhile are read from disk and handled by the restart
+// policy, and pods the API no longer has are torn down.
+//
+// Volumes: emptyDir, hostPath (NodeRoot + path, except /proc, /sys and
+// /dev, which stay the real ones), configMap, secret, downwardAPI and
+// projected (ServiceAccount tokens from TokenRequest bound to the pod,
+// refreshed at 80% of their life; configMap; secret; downwardAPI). Other
+// types fail the pod (reason UnsupportedVolume) with an event, as does a
+// hostNetwork pod whose ports are in use on the node (HostPortConflict).
+//
+// Not done: resource limits are not enforced, securityContext is ignored
+// (containers run as root with the kubelet's capabilities), lifecycle
+// hooks do not run, emptyDir medium Memory is a directory on disk, and
+// terminationMessagePath is not read (FallbackToLogsOnError is).
+package kubelet
