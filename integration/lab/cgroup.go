@@ -8,11 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cairnmesh/cairn/integration/lab/hostos"
 )
 
 // CgroupParent is node i's kubelet's CgroupParent: relative to the
@@ -56,7 +57,7 @@ func cgroupHierarchies() ([]cgroupHierarchy, error) {
 		if len(fields) < 5 || len(typ) < 3 {
 			continue
 		}
-		h := cgroupHierarchy{mount: unescapeMountPath(fields[4]), root: unescapeMountPath(fields[3])}
+		h := cgroupHierarchy{mount: hostos.UnescapeMountPath(fields[4]), root: hostos.UnescapeMountPath(fields[3])}
 		switch typ[0] {
 		case "cgroup2":
 		case "cgroup":
@@ -141,29 +142,6 @@ func labCgroups(c Config, st State) []string {
 		}
 	}
 	return out
-}
-
-// pidsInCgroups lists the processes in the cgroup trees under dirs.
-func pidsInCgroups(dirs []string) []int {
-	var pids []int
-	for _, d := range dirs {
-		_ = filepath.WalkDir(d, func(path string, e fs.DirEntry, err error) error {
-			if err != nil || !e.IsDir() {
-				return nil
-			}
-			data, err := os.ReadFile(filepath.Join(path, "cgroup.procs"))
-			if err != nil {
-				return nil
-			}
-			for _, f := range strings.Fields(string(data)) {
-				if pid, err := strconv.Atoi(f); err == nil {
-					pids = append(pids, pid)
-				}
-			}
-			return nil
-		})
-	}
-	return pids
 }
 
 // removeCgroupTree removes a cgroup and its descendants, deepest first.

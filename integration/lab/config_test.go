@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/cairnmesh/cairn/integration/lab/hostos"
 )
 
 func TestConfigDefaultsAndNames(t *testing.T) {
@@ -39,7 +41,7 @@ func TestConfigDefaultsAndNames(t *testing.T) {
 		"podCIDR":    "198.18.2.0/24",
 		"api":        "https://198.18.0.1:6443",
 		"nodeRoot":   "/repo/.lab/nodes/lab-node-1/root",
-		"cgroup":     "cairnlab/lab-node-1",
+		"cgroup":     "cairnlab/lab-node-1/kubepods",
 		"lab binary": "/repo/bin/lab",
 	}
 	for k, w := range want {
@@ -167,8 +169,8 @@ func TestUnescapeMountPath(t *testing.T) {
 		`/tab\011x`:      "/tab\tx",
 		`/back\134slash`: `/back\slash`,
 	} {
-		if got := unescapeMountPath(in); got != want {
-			t.Errorf("unescapeMountPath(%q) = %q, want %q", in, got, want)
+		if got := hostos.UnescapeMountPath(in); got != want {
+			t.Errorf("hostos.UnescapeMountPath(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

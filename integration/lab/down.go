@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cairnmesh/cairn/integration/lab/hostos"
 	"github.com/cairnmesh/cairn/integration/lab/kubelet"
 )
 
@@ -89,7 +90,7 @@ func Down(ctx context.Context, c Config) (r DownReport, err error) {
 	}
 	nsInodes := labNetnsInodes(c)
 	for range 3 { // processes may fork while we kill
-		pids := slices.Concat(pidsInNetns(nsInodes), pidsInCgroups(labCgroups(c, st)))
+		pids := slices.Concat(pidsInNetns(nsInodes), hostos.CgroupPIDs(labCgroups(c, st)...))
 		pids = slices.DeleteFunc(slices.Compact(slices.Sorted(slices.Values(pids))), func(pid int) bool { return pid == os.Getpid() })
 		if len(pids) == 0 {
 			break
@@ -243,7 +244,7 @@ func mountsUnder(dir string) ([]string, error) {
 		if len(fields) < 5 {
 			continue
 		}
-		mp := unescapeMountPath(fields[4])
+		mp := hostos.UnescapeMountPath(fields[4])
 		if mp == dir || strings.HasPrefix(mp, dir+"/") {
 			out = append(out, mp)
 		}
@@ -254,25 +255,6 @@ func mountsUnder(dir string) ([]string, error) {
 	// Deepest first; a path mounted several times is unmounted as often.
 	slices.SortStableFunc(out, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
 	return out, nil
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // tailFile returns the last n lines of a file, indented, for error

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/cairnmesh/cairn/integration/lab/hostos"
 )
 
 // Inventory is what of a lab exists on the machine.
@@ -31,7 +33,7 @@ func TakeInventory(c Config) Inventory {
 			pids[p.PID] = true
 		}
 	}
-	for _, pid := range slices.Concat(pidsInNetns(labNetnsInodes(c)), pidsInCgroups(labCgroups(c, st))) {
+	for _, pid := range slices.Concat(pidsInNetns(labNetnsInodes(c)), hostos.CgroupPIDs(labCgroups(c, st)...)) {
 		if !pids[pid] && pid != os.Getpid() {
 			pids[pid] = true
 			inv.Processes = append(inv.Processes, newProc(procName(pid), "", pid, ""))

@@ -10,6 +10,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cairnmesh/cairn/integration/lab/hostos"
 )
 
 // netnsDir is where named network namespaces are bind-mounted, as with
@@ -98,25 +100,13 @@ func inNetns(path string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // no Unlock: the thread dies with the goroutine
-		if err := setns(path); err != nil {
+		if err := hostos.JoinNetns(path); err != nil {
 			errc <- err
 			return
 		}
 		errc <- fn()
 	}()
 	return <-errc
-}
-
-func setns(path string) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("opening network namespace: %w", err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("joining network namespace %s: %w", path, err)
-	}
-	return nil
 }
 
 // netnsLauncher starts processes inside one network namespace. A child
@@ -142,7 +132,7 @@ func newNetnsLauncher(path string) (*netnsLauncher, error) {
 	go func() {
 		defer close(l.done)
 		runtime.LockOSThread() // no Unlock: see the type's comment
-		if err := setns(path); err != nil {
+		if err := hostos.JoinNetns(path); err != nil {
 			ready <- err
 			return
 		}

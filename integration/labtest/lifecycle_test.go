@@ -3,10 +3,8 @@ package labtest
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -24,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/cairnmesh/cairn/integration/lab"
+	"github.com/cairnmesh/cairn/integration/lab/hostos"
 )
 
 // A pod whose readiness probe fails is not Ready, its EndpointSlice
@@ -150,7 +149,7 @@ spec:
 		t.Fatalf("pod %s on %s: new netns %v, new veths on %s %v, cgroups %v; want one netns, one veth, cgroups",
 			pod.Name, pod.Spec.NodeName, newNetns, "cni0", newVeths, cgroups)
 	}
-	pids := cgroupPIDs(cgroups)
+	pids := hostos.CgroupPIDs(cgroups...)
 	if len(pids) == 0 {
 		t.Fatalf("no process in the pod's cgroups %v", cgroups)
 	}
@@ -231,30 +230,6 @@ func difference(a, b []string) []string {
 		}
 	}
 	return out
-}
-
-// cgroupPIDs lists the processes in the cgroup trees under dirs.
-func cgroupPIDs(dirs []string) []int {
-	var pids []int
-	for _, d := range dirs {
-		_ = filepath.WalkDir(d, func(path string, e fs.DirEntry, err error) error {
-			if err != nil || !e.IsDir() {
-				return nil
-			}
-			data, err := os.ReadFile(filepath.Join(path, "cgroup.procs"))
-			if err != nil {
-				return nil
-			}
-			for _, f := range strings.Fields(string(data)) {
-				var pid int
-				if _, err := fmt.Sscan(f, &pid); err == nil && !slices.Contains(pids, pid) {
-					pids = append(pids, pid)
-				}
-			}
-			return nil
-		})
-	}
-	return pids
 }
 
 // Measures (and prints, without a time limit) how long a pod takes from

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cairnmesh/cairn/integration/lab/hostos"
 )
 
 // The container-init shim runs in three roles, each a re-exec of the
@@ -200,7 +202,7 @@ func runStart(specPath string) error {
 		return fail(err)
 	}
 	if spec.NetNS != "" {
-		if err := joinNetns(spec.NetNS); err != nil {
+		if err := hostos.JoinNetns(spec.NetNS); err != nil {
 			return fail(err)
 		}
 	}
@@ -242,18 +244,6 @@ func joinCgroups(dirs []string) error {
 		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte("0"), 0); err != nil {
 			return fmt.Errorf("joining cgroup %s: %w", d, err)
 		}
-	}
-	return nil
-}
-
-func joinNetns(path string) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("opening network namespace: %w", err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("joining network namespace %s: %w", path, err)
 	}
 	return nil
 }

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +18,8 @@ import (
 	cnitypes "github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"golang.org/x/sys/unix"
+
+	"github.com/cairnmesh/cairn/integration/lab/hostos"
 )
 
 // A pod's sandbox is what its containers share: a network namespace
@@ -94,7 +95,7 @@ func inNetns(path string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked
-		if err := joinNetns(path); err != nil {
+		if err := hostos.JoinNetns(path); err != nil {
 			errc <- err
 			return
 		}
@@ -160,7 +161,7 @@ func mountPoints(dir string) ([]string, error) {
 		if len(fields) < 5 {
 			continue
 		}
-		mp := unescapeMount(fields[4])
+		mp := hostos.UnescapeMountPath(fields[4])
 		if mp == dir || strings.HasPrefix(mp, dir+"/") {
 			out = append(out, mp)
 		}
@@ -175,25 +176,6 @@ func isMountPoint(dir string) (bool, error) {
 		return false, err
 	}
 	return slices.Contains(mps, dir), nil
-}
-
-// unescapeMount undoes the octal escapes of /proc/self/mountinfo.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // cni runs the node's CNI configuration.
@@ -392,7 +374,7 @@ func discoverCgroups(parent string) (*cgroups, error) {
 			continue
 		}
 		fstype, super := fields[sep+1], fields[sep+3]
-		mp := unescapeMount(fields[4])
+		mp := hostos.UnescapeMountPath(fields[4])
 		var key string
 		switch fstype {
 		case "cgroup2":
@@ -463,31 +445,10 @@ func createCgroups(dirs []string) error {
 	return nil
 }
 
-// cgroupPIDs lists the processes in the cgroup dir and its children.
-func cgroupPIDs(dir string) []int {
-	var pids []int
-	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return nil
-		}
-		data, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
-		if err != nil {
-			return nil
-		}
-		for _, f := range strings.Fields(string(data)) {
-			if pid, err := strconv.Atoi(f); err == nil {
-				pids = append(pids, pid)
-			}
-		}
-		return nil
-	})
-	return pids
-}
-
 // killCgroups sends SIGKILL to every process in the cgroups.
 func killCgroups(dirs []string) {
 	for _, d := range dirs {
-		for _, pid := range cgroupPIDs(d) {
+		for _, pid := range hostos.CgroupPIDs(d) {
 			_ = unix.Kill(pid, unix.SIGKILL)
 		}
 	}
