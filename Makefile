@@ -7,6 +7,7 @@
 #   make generate   protobuf, deepcopy, CRD YAML, clientset/informers/listers
 #   make k8s-bins   etcd and the Kubernetes binaries for tests, into bin/k8s
 #   make demo       the mesh in the lab with a sample application
+#   make bench      Go benchmarks (speed and memory targets)
 
 SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
@@ -101,6 +102,13 @@ test: tools k8s-bins lab-bins
 test-unit: tools
 	$(GO) test -race $(UNIT_PKGS)
 
+# Benchmarks: speed and memory targets are checked here, never by timed
+# tests. Those of the lab need root, as the lab does.
+.PHONY: bench
+bench: tools k8s-bins lab-bins
+	K8S_ASSETS=$(K8S_BIN) $(GO) test -run '^$$' -bench . -benchtime 10x \
+	  $$(grep -rl --include='*_test.go' '^func Benchmark' . | xargs -r -n1 dirname | sort -u)
+
 .PHONY: lint
 lint: $(TOOLS)/.staticcheck-$(STATICCHECK_VERSION)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt would change:"; echo "$$out"; exit 1; }
@@ -123,7 +131,7 @@ COREDNS_VERSION := v1.15.0
 FORTIO_VERSION  := v1.68.2
 
 .PHONY: lab-bins
-lab-bins: k8s-bins
+lab-bins: k8s-bins build
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(LAB_BINS)
 	@[ -x $(BIN)/coredns ] || { echo "building CoreDNS $(COREDNS_VERSION) into bin/ (once, ~1.5 min)"; \
 	  GOBIN=$(BIN) CGO_ENABLED=0 $(GO) install github.com/coredns/coredns@$(COREDNS_VERSION); }
