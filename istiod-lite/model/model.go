@@ -47,6 +47,11 @@ const (
 	DataplaneModeNone = "none"
 )
 
+// DefaultRootNamespace holds mesh-wide policies unless Config says
+// otherwise; it is Istio's, so that users' mesh-wide policies apply as they
+// are.
+const DefaultRootNamespace = "istio-system"
+
 // Config holds the mesh-wide settings the builders need. The zero value is
 // ready to use: every empty field takes the default named in its comment.
 type Config struct {
@@ -73,7 +78,7 @@ func (c Config) withDefaults() Config {
 		c.TrustDomain = "cluster.local"
 	}
 	if c.RootNamespace == "" {
-		c.RootNamespace = "istio-system"
+		c.RootNamespace = DefaultRootNamespace
 	}
 	return c
 }

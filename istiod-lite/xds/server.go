@@ -1,0 +1,462 @@
+// Package xds serves the mesh's own resource types (workload Addresses and
+// Authorizations for ztunnel) over delta ADS with go-control-plane.
+//
+// Each configured type URL has one LinearCache; a MuxCache routes requests to
+// them by type URL. The model feeds changes with Update; a debouncer merges
+// them (a quiet period, bounded by a maximum delay, one push at a time),
+// drops upserts equal to what the cache holds, and applies the rest with
+// LinearCache.UpdateResources, so clients receive only the changed
+// resources and removals as deltas. State-of-the-world streams are refused:
+// a LinearCache cannot signal deletions over SotW for these types.
+//
+// The package does not know Kubernetes: clients are authenticated by an
+// injected Authenticator, and the resources are opaque proto messages.
+//
+// Cost (go-control-plane v0.14.0): LinearCache compares a wildcard watch's
+// known versions with every resource of the type, under the cache's lock,
+// both when a push notifies the watch and when the client's ACK re-creates
+// it, and each delta response clones the client's whole version map. A push
+// therefore costs O(clients x resources) however few resources changed,
+// which is why pushes are debounced; BenchmarkPush1Of10kTo100Clients
+// measures it.
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/delta/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+)
+
+// Defaults of Config.
+const (
+	DefaultDebounce = 100 * time.Millisecond
+	DefaultMaxDelay = time.Second
+)
+
+// ErrUnknownType is returned for a type URL the Server was not configured with.
+var ErrUnknownType = errors.New("xds: unknown type URL")
+
+// Config configures a Server. It is read once by New.
+type Config struct {
+	// TypeURLs are the resource types served, such as
+	// type.googleapis.com/cairn.workload.v1.Address. Required.
+	TypeURLs []string
+	// Debounce is the quiet period: a batch is pushed once no change has
+	// arrived for this long. Zero means DefaultDebounce.
+	Debounce time.Duration
+	// MaxDelay bounds how long a change waits under a steady stream of
+	// other changes. Zero means DefaultMaxDelay.
+	MaxDelay time.Duration
+	// Authenticator identifies the client of each stream. Required: there is
+	// no unauthenticated mode.
+	Authenticator Authenticator
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the Prometheus metrics; nil keeps them private.
+	Registerer prometheus.Registerer
+}
+
+// Server serves the configured types over delta ADS. Create it with New,
+// register it on a gRPC server with Register, and run its debouncer with Run.
+type Server struct {
+	log           *slog.Logger
+	debounce      time.Duration
+	maxDelay      time.Duration
+	authenticator Authenticator
+	metrics       *metrics
+	types         map[string]*typeState // fixed after New
+	typeURLs      []string              // sorted
+	ads           server.Server
+	clients       clientTable
+
+	// streamsCtx ends every open stream when Run returns.
+	streamsCtx    context.Context
+	cancelStreams context.CancelFunc
+
+	// mu guards the changes waiting for the next push.
+	mu          sync.Mutex
+	pending     map[string]*batch
+	firstQueued time.Time // oldest change in pending
+	lastQueued  time.Time // newest change in pending
+	wake        chan struct{}
+
+	// pushMu lets one push at a time reach the caches. It guards the
+	// current/initialized/version fields of every typeState. Take it
+	// before mu.
+	pushMu sync.Mutex
+
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+// typeState is what the Server keeps per type URL.
+type typeState struct {
+	url   string
+	label string // metric label: the message name
+	cache *cache.LinearCache
+
+	// Guarded by Server.pushMu.
+	current     map[string]entry // what the cache holds
+	initialized bool
+	version     uint64 // number of UpdateResources calls: the cache's version
+
+	// queued maps recent cache versions to when the first change of their
+	// batch was queued, for the push latency metric.
+	queuedMu sync.Mutex
+	queued   map[string]time.Time
+}
+
+// entry is a resource the cache holds.
+type entry struct {
+	msg     proto.Message
+	version uint64 // cache version of its last change
+	changed time.Time
+}
+
+// batch is the changes of one type waiting for the next push; a name is in
+// at most one of the two maps.
+type batch struct {
+	upserts map[string]proto.Message
+	removes map[string]struct{}
+}
+
+// New builds a Server. It serves nothing until Register, and pushes nothing
+// until Run.
+func New(cfg Config) (*Server, error) {
+	if len(cfg.TypeURLs) == 0 {
+		return nil, errors.New("xds: no type URLs configured")
+	}
+	if cfg.Authenticator == nil {
+		return nil, errors.New("xds: no Authenticator configured")
+	}
+	if cfg.Debounce < 0 || cfg.MaxDelay < 0 {
+		return nil, errors.New("xds: negative debounce or max delay")
+	}
+	s := &Server{
+		log:           cfg.Logger,
+		debounce:      orDefault(cfg.Debounce, DefaultDebounce),
+		maxDelay:      orDefault(cfg.MaxDelay, DefaultMaxDelay),
+		authenticator: cfg.Authenticator,
+		types:         make(map[string]*typeState, len(cfg.TypeURLs)),
+		pending:       make(map[string]*batch),
+		wake:          make(chan struct{}, 1),
+		ready:         make(chan struct{}),
+		clients:       clientTable{byStream: make(map[int64]*client)},
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With("component", "xds")
+	if s.maxDelay < s.debounce {
+		s.maxDelay = s.debounce
+	}
+	var err error
+	if s.metrics, err = newMetrics(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("xds: registering metrics: %w", err)
+	}
+	// go-control-plane's delta server gives each stream a response channel
+	// of 2*UnknownType slots, and a LinearCache sends to it while holding
+	// its lock. Each type has at most one response in flight per stream, so
+	// with no more types than slots a stalled client never blocks a cache.
+	if limit := 2 * int(types.UnknownType); len(cfg.TypeURLs) > limit {
+		return nil, fmt.Errorf("xds: %d type URLs configured, at most %d can be served without a stalled client blocking the others", len(cfg.TypeURLs), limit)
+	}
+	caches := make(map[string]cache.Cache, len(cfg.TypeURLs))
+	for _, url := range cfg.TypeURLs {
+		if _, dup := s.types[url]; dup {
+			return nil, fmt.Errorf("xds: type URL %s configured twice", url)
+		}
+		if !strings.HasPrefix(url, "type.googleapis.com/") {
+			return nil, fmt.Errorf("xds: type URL %s does not start with type.googleapis.com/", url)
+		}
+		ts := &typeState{
+			url:     url,
+			label:   strings.TrimPrefix(url, "type.googleapis.com/"),
+			cache:   cache.NewLinearCache(url, cache.WithLogger(gcpLogger{s.log})),
+			current: make(map[string]entry),
+			queued:  make(map[string]time.Time),
+		}
+		s.types[url] = ts
+		s.typeURLs = append(s.typeURLs, url)
+		caches[url] = ts.cache
+	}
+	slices.Sort(s.typeURLs)
+	mux := &cache.MuxCache{
+		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
+		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
+		Caches:        caches,
+	}
+	s.streamsCtx, s.cancelStreams = context.WithCancel(context.Background())
+	s.ads = server.NewServer(s.streamsCtx, mux, &callbacks{s: s}, delta.WithLogger(gcpLogger{s.log}))
+	return s, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// Register serves the Aggregated Discovery Service on g. Only its delta
+// method is useful; state-of-the-world streams are refused.
+func (s *Server) Register(g *grpc.Server) {
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, s.ads)
+}
+
+// Ready is closed once SetInitial has been called for every configured type.
+// Until then new streams are refused with codes.Unavailable, so a client's
+// first response always holds the full state.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Run pushes debounced changes until ctx is done, then ends the open
+// streams. It always returns nil.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.cancelStreams()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		empty := len(s.pending) == 0
+		due := s.lastQueued.Add(s.debounce)
+		if limit := s.firstQueued.Add(s.maxDelay); limit.Before(due) {
+			due = limit
+		}
+		s.mu.Unlock()
+		if empty {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-s.wake:
+				continue
+			}
+		}
+		if wait := time.Until(due); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-timer.C:
+				continue // a change may have arrived meanwhile: recompute due
+			}
+		}
+		s.flush()
+	}
+}
+
+// Update queues changes of one type: upserts by resource name, and names to
+// remove. Changes are merged with those already queued (the last one of a
+// name wins; a name both upserted and removed in one call is removed) and
+// pushed after the debounce. The Server keeps the messages:
+// the caller must not modify them afterwards.
+func (s *Server) Update(typeURL string, upserts map[string]proto.Message, removes []string) error {
+	if _, ok := s.types[typeURL]; !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownType, typeURL)
+	}
+	if err := checkUpserts(upserts); err != nil {
+		return err
+	}
+	if len(upserts) == 0 && len(removes) == 0 {
+		return nil
+	}
+	now := time.Now()
+	s.mu.Lock()
+	b := s.pending[typeURL]
+	if b == nil {
+		b = &batch{upserts: make(map[string]proto.Message, len(upserts)), removes: make(map[string]struct{}, len(removes))}
+		s.pending[typeURL] = b
+	}
+	for name, msg := range upserts {
+		b.upserts[name] = msg
+		delete(b.removes, name)
+	}
+	for _, name := range removes {
+		b.removes[name] = struct{}{}
+		delete(b.upserts, name)
+	}
+	if s.firstQueued.IsZero() {
+		s.firstQueued = now
+	}
+	s.lastQueued = now
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// SetInitial sets the full state of one type, right away (no debounce):
+// resources of all that differ from what the cache holds are pushed, and
+// the cache's resources missing from all are removed. Changes of the type
+// queued before the call are dropped, since all supersedes them. Ready
+// closes once every type has had its SetInitial. It can be called again
+// later, for a full resync. As with Update, the Server keeps the messages.
+func (s *Server) SetInitial(typeURL string, all map[string]proto.Message) error {
+	ts, ok := s.types[typeURL]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownType, typeURL)
+	}
+	if err := checkUpserts(all); err != nil {
+		return err
+	}
+	s.pushMu.Lock()
+	s.mu.Lock()
+	delete(s.pending, typeURL)
+	if len(s.pending) == 0 {
+		s.firstQueued, s.lastQueued = time.Time{}, time.Time{}
+	}
+	s.mu.Unlock()
+	removes := make(map[string]struct{})
+	for name := range ts.current {
+		if _, keep := all[name]; !keep {
+			removes[name] = struct{}{}
+		}
+	}
+	s.apply(ts, &batch{upserts: all, removes: removes}, time.Now())
+	ts.initialized = true
+	allSet := true
+	for _, t := range s.types {
+		allSet = allSet && t.initialized
+	}
+	s.pushMu.Unlock()
+	if allSet {
+		s.readyOnce.Do(func() {
+			s.log.Info("initial state set", "types", len(s.types))
+			close(s.ready)
+		})
+	}
+	return nil
+}
+
+func (s *Server) isReady() bool {
+	select {
+	case <-s.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+func checkUpserts(upserts map[string]proto.Message) error {
+	for name, msg := range upserts {
+		if name == "" {
+			return errors.New("xds: upsert with an empty resource name")
+		}
+		if msg == nil || !msg.ProtoReflect().IsValid() {
+			return fmt.Errorf("xds: upsert of %s with a nil message", name)
+		}
+	}
+	return nil
+}
+
+// flush applies every queued change: one push per type with changes.
+func (s *Server) flush() {
+	s.pushMu.Lock()
+	defer s.pushMu.Unlock()
+	s.mu.Lock()
+	pending, queued := s.pending, s.firstQueued
+	s.pending = make(map[string]*batch)
+	s.firstQueued, s.lastQueued = time.Time{}, time.Time{}
+	s.mu.Unlock()
+	for url, b := range pending {
+		s.apply(s.types[url], b, queued)
+	}
+}
+
+// apply pushes one batch to the type's cache, without the upserts equal to
+// what the cache holds and the removals of what it does not hold. Called
+// with pushMu held.
+func (s *Server) apply(ts *typeState, b *batch, queued time.Time) {
+	toUpdate := make(map[string]types.Resource, len(b.upserts))
+	var toDelete []string
+	var unchanged, invalid int
+	for name, msg := range b.upserts {
+		if old, ok := ts.current[name]; ok && proto.Equal(old.msg, msg) {
+			unchanged++
+			continue
+		}
+		// A resource that does not marshal would make UpdateResources
+		// stop notifying watches half-way; keep it out of the cache.
+		if _, err := cache.MarshalResource(msg); err != nil {
+			invalid++
+			s.log.Error("dropping resource that does not marshal", "type", ts.label, "name", name, "err", err)
+			continue
+		}
+		toUpdate[name] = msg
+	}
+	for name := range b.removes {
+		if _, ok := ts.current[name]; ok {
+			toDelete = append(toDelete, name)
+		}
+	}
+	if unchanged > 0 {
+		s.metrics.unchanged.WithLabelValues(ts.label).Add(float64(unchanged))
+	}
+	if invalid > 0 {
+		s.metrics.invalid.WithLabelValues(ts.label).Add(float64(invalid))
+	}
+	if len(toUpdate) == 0 && len(toDelete) == 0 {
+		s.log.Debug("nothing changed", "type", ts.label, "unchanged", unchanged)
+		return
+	}
+
+	ts.version++
+	ts.noteQueued(ts.version, queued)
+	start := time.Now()
+	err := ts.cache.UpdateResources(toUpdate, toDelete)
+	took := time.Since(start)
+	for name, msg := range toUpdate {
+		ts.current[name] = entry{msg: msg.(proto.Message), version: ts.version, changed: start}
+	}
+	for _, name := range toDelete {
+		delete(ts.current, name)
+	}
+	s.metrics.pushes.WithLabelValues(ts.label).Inc()
+	s.metrics.pushDuration.WithLabelValues(ts.label).Observe(took.Seconds())
+	if err != nil {
+		s.log.Error("push failed to notify every client", "type", ts.label, "version", ts.version, "err", err)
+		return
+	}
+	s.log.Debug("pushed", "type", ts.label, "version", ts.version,
+		"updated", len(toUpdate), "removed", len(toDelete), "unchanged", unchanged, "took", took)
+}
+
+// versionString is how LinearCache spells its version (no prefix is set):
+// the number of UpdateResources calls so far.
+func versionString(v uint64) string { return strconv.FormatUint(v, 10) }
+
+// recentVersions bounds typeState.queued.
+const recentVersions = 64
+
+func (ts *typeState) noteQueued(version uint64, queued time.Time) {
+	ts.queuedMu.Lock()
+	defer ts.queuedMu.Unlock()
+	ts.queued[versionString(version)] = queued
+	delete(ts.queued, versionString(version-recentVersions))
+}
+
+// queuedAt says when the first change of the batch that made the given
+// cache version was queued.
+func (ts *typeState) queuedAt(version string) (time.Time, bool) {
+	ts.queuedMu.Lock()
+	defer ts.queuedMu.Unlock()
+	t, ok := ts.queued[version]
+	return t, ok
+}
