@@ -22,9 +22,11 @@ import (
 	"github.com/cairnmesh/cairn/istiod-lite/model"
 )
 
-// Sink receives the changes of the model; the xDS server is one.
+// Sink receives the model; the xDS server is one. SetInitial gets the
+// first full set of each type, Update every change after it.
 type Sink interface {
-	Update(typeURL string, upserts map[string]proto.Message, removes []string)
+	SetInitial(typeURL string, all map[string]proto.Message) error
+	Update(typeURL string, upserts map[string]proto.Message, removes []string) error
 }
 
 // Controller keeps a Sink up to date with the model of the cluster: every
@@ -136,15 +138,28 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	c.last = next
 	c.mu.Unlock()
 
-	changes := Diff(prev.Resources, next.Resources)
-	for typeURL, ch := range changes {
-		c.sink.Update(typeURL, ch.Upserts, ch.Removes)
+	var errs []error
+	if !c.ready.Load() {
+		for typeURL, all := range next.Resources {
+			if err := c.sink.SetInitial(typeURL, all); err != nil {
+				errs = append(errs, fmt.Errorf("setting the initial %s resources: %w", typeURL, err))
+			}
+		}
+		c.log.Info("mesh model built", "took", time.Since(start),
+			"addresses", len(next.Resources[model.AddressTypeURL]),
+			"authorizations", len(next.Resources[model.AuthorizationTypeURL]))
+	} else {
+		for typeURL, ch := range Diff(prev.Resources, next.Resources) {
+			if err := c.sink.Update(typeURL, ch.Upserts, ch.Removes); err != nil {
+				errs = append(errs, fmt.Errorf("pushing %s changes: %w", typeURL, err))
+			}
+		}
 	}
-	if len(changes) > 0 || !c.ready.Load() {
-		c.log.Debug("model rebuilt", "took", time.Since(start), "changed_types", len(changes))
+	if len(errs) == 0 {
+		c.ready.Store(true)
 	}
-	c.ready.Store(true)
-	return c.writeStatuses(ctx, next.Statuses)
+	errs = append(errs, c.writeStatuses(ctx, next.Statuses))
+	return errors.Join(errs...)
 }
 
 func (c *Controller) inputs() (Inputs, error) {

@@ -19,6 +19,7 @@ import (
 	workloadv1 "github.com/cairnmesh/cairn/apis/workload/v1"
 	"github.com/cairnmesh/cairn/internal/testenv"
 	"github.com/cairnmesh/cairn/istiod-lite/model"
+	"github.com/cairnmesh/cairn/istiod-lite/xds"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m, testenv.Options{ControllerManager: true}) }
@@ -35,10 +36,15 @@ type update struct {
 	removes []string
 }
 
-func (s *recordingSink) Update(typeURL string, upserts map[string]proto.Message, removes []string) {
+func (s *recordingSink) Update(typeURL string, upserts map[string]proto.Message, removes []string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.updates = append(s.updates, update{typeURL, upserts, removes})
+	return nil
+}
+
+func (s *recordingSink) SetInitial(typeURL string, all map[string]proto.Message) error {
+	return s.Update(typeURL, all, nil)
 }
 
 // since returns the updates after the first n.
@@ -85,6 +91,7 @@ func TestControllerFollowsTheCluster(t *testing.T) {
 	}
 
 	sink := &recordingSink{}
+	var _ Sink = (*xds.Server)(nil) // the real sink fits too
 	c := New(kube, security, sink, model.Config{}, nil)
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
