@@ -4,37 +4,79 @@
 package main
 
 import (
-	"errors"
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cairnmesh/cairn/internal/version"
+	"github.com/cairnmesh/cairn/istiod-lite/bootstrap"
 )
 
 func main() {
+	if err := newCommand().ExecuteContext(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "istiod-lite:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	cfg := bootstrap.Config{}
+	var logLevel slog.Level
 	cmd := &cobra.Command{
 		Use:   "istiod-lite",
 		Short: "Cairn's control plane: mesh model, xDS and certificate authority",
 		Long: `istiod-lite watches Kubernetes (Namespaces, Pods, Services, EndpointSlices,
-Gateway API routes, AuthorizationPolicy, PeerAuthentication), builds the mesh
-model and serves it over xDS: workload discovery to ztunnels, routes and
-clusters to waypoints. Its certificate authority signs SPIFFE certificates,
-for a ztunnel only the identities of pods on that ztunnel's own node. It
-deploys a waypoint for every Gateway of class istio-waypoint.
+AuthorizationPolicy, PeerAuthentication), builds the mesh model and serves it
+to ztunnels over delta xDS. Its certificate authority signs SPIFFE
+certificates: for a ztunnel only the identities of pods on that ztunnel's own
+node, for any other caller only its own identity. Clients authenticate with
+their projected ServiceAccount token (audience --token-audience).
 
-Ports: 15012 gRPC (xDS and CA, TLS), 15014 metrics, 8080 debug.`,
+Ports: 15012 gRPC (xDS and CA, TLS with a certificate for
+istiod.<namespace>.svc), 15014 metrics, 8080 debug (/ready, /healthz,
+/debug/model, /debug/resources, /debug/clients).`,
 		Version:       version.String(),
+		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Args:          cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return errors.New("the control plane is not implemented in this build yet (see README.md for what works today)")
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cfg.Logger.Info("starting istiod-lite", "version", version.Version())
+			return bootstrap.Run(ctx, cfg)
 		},
 	}
-	if err := cmd.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "istiod-lite:", err)
-		os.Exit(1)
+	f := cmd.Flags()
+	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty means the in-cluster configuration")
+	f.StringVar(&cfg.Namespace, "namespace", envOr("POD_NAMESPACE", "cairn-system"), "namespace istiod-lite runs in and keeps the CA root in (default $POD_NAMESPACE)")
+	f.StringVar(&cfg.ServiceAccount, "service-account", "istiod-lite", "istiod-lite's own service account, for its SPIFFE identity")
+	f.StringVar(&cfg.XDSAddress, "xds-address", ":15012", "address of the gRPC server (delta xDS and the CA)")
+	f.StringVar(&cfg.MetricsAddress, "metrics-address", ":15014", "address of the Prometheus metrics server")
+	f.StringVar(&cfg.DebugAddress, "debug-address", ":8080", "address of the /ready, /healthz and /debug server")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
+	f.StringVar(&cfg.ClusterID, "cluster-id", "Kubernetes", "name of this cluster in workload names")
+	f.StringVar(&cfg.DomainSuffix, "domain-suffix", "cluster.local", "DNS domain of the cluster's Services")
+	f.StringVar(&cfg.RootNamespace, "root-namespace", "istio-system", "namespace whose policies apply to the whole mesh")
+	f.StringVar(&cfg.TokenAudience, "token-audience", "istio-ca", "audience that clients' ServiceAccount tokens must carry")
+	f.StringVar(&cfg.Ztunnel, "ztunnel-service-account", "cairn-system/ztunnel", "service account of the ztunnels, as namespace/name: the only callers that may ask for identities of other pods on their node")
+	f.DurationVar(&cfg.Debounce, "debounce", 100*time.Millisecond, "push a batch of changes once none has arrived for this long")
+	f.DurationVar(&cfg.MaxDelay, "max-delay", time.Second, "push changes at the latest this long after the first")
+	f.DurationVar(&cfg.CertTTL, "cert-ttl", 24*time.Hour, "lifetime of workload certificates")
+	f.DurationVar(&cfg.MaxCertTTL, "max-cert-ttl", 24*time.Hour, "longest lifetime a caller may ask for")
+	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	return cmd
+}
+
+func envOr(key, fallback string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
 	}
+	return fallback
 }

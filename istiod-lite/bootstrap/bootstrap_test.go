@@ -1,0 +1,210 @@
+package bootstrap
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	cav1 "github.com/cairnmesh/cairn/apis/ca/v1"
+	workloadv1 "github.com/cairnmesh/cairn/apis/workload/v1"
+	"github.com/cairnmesh/cairn/internal/pki"
+	"github.com/cairnmesh/cairn/internal/spiffe"
+	"github.com/cairnmesh/cairn/internal/testenv"
+	"github.com/cairnmesh/cairn/istiod-lite/ca/kubeca"
+	"github.com/cairnmesh/cairn/istiod-lite/model"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m, testenv.Options{ControllerManager: true}) }
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func eventually(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestIstiodLiteServesCertificatesAndWorkloads starts istiod-lite against
+// a real API server and uses it the way a workload does: over TLS that
+// verifies against the published trust bundle, it gets a certificate for
+// its own identity and, over delta xDS, the workload of a running pod.
+func TestIstiodLiteServesCertificatesAndWorkloads(t *testing.T) {
+	env := testenv.Get(t)
+	kube := env.Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "cairn-system"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	shop := env.Namespace(t, map[string]string{model.DataplaneModeLabel: model.DataplaneModeAmbient})
+
+	cfg := Config{
+		Kubeconfig: env.Server().KubeconfigPath(), Namespace: "cairn-system", ServiceAccount: "istiod-lite",
+		XDSAddress: freeAddr(t), MetricsAddress: freeAddr(t), DebugAddress: freeAddr(t),
+		TrustDomain: "cluster.local", ClusterID: "Kubernetes", DomainSuffix: "cluster.local",
+		RootNamespace: "istio-system", TokenAudience: "istio-ca", Ztunnel: "cairn-system/ztunnel",
+		Debounce: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
+		CertTTL: time.Hour, MaxCertTTL: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	eventually(t, "istiod-lite ready", func() error {
+		resp, err := http.Get("http://" + cfg.DebugAddress + "/ready")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%d %s", resp.StatusCode, body)
+		}
+		return nil
+	})
+
+	// The trust bundle is published into the enrolled namespace.
+	roots := x509.NewCertPool()
+	eventually(t, "trust bundle in the enrolled namespace", func() error {
+		cm, err := kube.CoreV1().ConfigMaps(shop).Get(ctx, kubeca.DefaultConfigMapName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if !roots.AppendCertsFromPEM([]byte(cm.Data[kubeca.ConfigMapKey])) {
+			return fmt.Errorf("no certificate in %q", cm.Data[kubeca.ConfigMapKey])
+		}
+		return nil
+	})
+
+	// A running pod of service account reviews, and a token bound to it.
+	if _, err := kube.CoreV1().ServiceAccounts(shop).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "reviews"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := kube.CoreV1().Pods(shop).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "reviews-1", Labels: map[string]string{"app": "reviews"}},
+		Spec: corev1.PodSpec{NodeName: "node-a", ServiceAccountName: "reviews",
+			Containers: []corev1.Container{{Name: "app", Image: "cairn/echoserver:latest"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = kube.CoreV1().Pods(shop).Delete(context.Background(), "reviews-1", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+	})
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.1.5", PodIPs: []corev1.PodIP{{IP: "198.18.1.5"}},
+		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now()}}}
+	if _, err := kube.CoreV1().Pods(shop).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := kube.CoreV1().ServiceAccounts(shop).CreateToken(ctx, "reviews", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		Audiences:      []string{"istio-ca"},
+		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	conn, err := grpc.NewClient(cfg.XDSAddress, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: roots, ServerName: "istiod.cairn-system.svc", MinVersion: tls.VersionTLS13,
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tr.Status.Token)
+
+	// The CA signs the caller's own identity; the chain verifies against
+	// the published bundle.
+	id := spiffe.Identity{TrustDomain: "cluster.local", Namespace: shop, ServiceAccount: "reviews"}
+	key, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := pki.NewCSR(key, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cav1.NewCertificateServiceClient(conn).CreateCertificate(authed, &cav1.CreateCertificateRequest{Csr: string(csr)})
+	if err != nil {
+		t.Fatalf("CreateCertificate over TLS with the pod's token: %v", err)
+	}
+	chain, err := pki.ParseCertsPEM([]byte(resp.GetCertChain()[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Errorf("issued certificate does not verify against the trust bundle: %v", err)
+	}
+	if got, err := spiffe.FromCert(chain[0]); err != nil || got != id {
+		t.Errorf("issued certificate names %v (%v), want %v", got, err, id)
+	}
+
+	// Delta xDS: the pod's workload arrives.
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(authed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: model.AddressTypeURL, ResourceNamesSubscribe: []string{"*"}}); err != nil {
+		t.Fatal(err)
+	}
+	want := model.Config{}.PodUID(shop, "reviews-1")
+	eventually(t, "the pod's workload over delta xDS", func() error {
+		r, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		_ = stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: model.AddressTypeURL, ResponseNonce: r.GetNonce()})
+		for _, res := range r.GetResources() {
+			if res.GetName() != want {
+				continue
+			}
+			var addr workloadv1.Address
+			if err := res.GetResource().UnmarshalTo(&addr); err != nil {
+				return err
+			}
+			if addr.GetWorkload().GetServiceAccount() != "reviews" {
+				return fmt.Errorf("workload %v has the wrong service account", addr.GetWorkload())
+			}
+			return nil
+		}
+		return fmt.Errorf("response without %s", want)
+	})
+}

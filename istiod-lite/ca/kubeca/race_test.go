@@ -1,0 +1,5 @@
+//go:build race
+
+package kubeca
+
+const raceEnabled = true
