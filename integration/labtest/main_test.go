@@ -193,12 +193,13 @@ func rootRules() string {
 	return b.String()
 }
 
-// buildBinaries builds the lab command into dir and the echo server into
-// <repo>/bin, where image cairn/echoserver finds it.
+// buildBinaries builds the lab command into dir, and the echo server and
+// istiod-lite into <repo>/bin, where images cairn/<name> find them.
 func buildBinaries(repo, dir string) error {
 	for _, b := range []struct{ out, pkg string }{
 		{dir + "/", "./integration/cmd/lab"},
 		{filepath.Join(repo, "bin") + "/", "./integration/apps/echo/cmd/echoserver"},
+		{filepath.Join(repo, "bin") + "/", "./istiod-lite/cmd/istiod-lite"},
 	} {
 		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
 		cmd.Dir = repo

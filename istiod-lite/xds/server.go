@@ -161,7 +161,6 @@ func New(cfg Config) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	s.log = s.log.With("component", "xds")
 	if s.maxDelay < s.debounce {
 		s.maxDelay = s.debounce
 	}
