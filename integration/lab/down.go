@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -106,7 +105,7 @@ func Down(ctx context.Context, c Config) (r DownReport, err error) {
 	var errs []error
 	// 4. Mounts under the lab dir, deepest first (pods' netns bind mounts,
 	// volumes the kubelet mounted in the root mount namespace).
-	mounts, merr := mountsUnder(c.Dir)
+	mounts, merr := hostos.MountsUnder(c.Dir)
 	if merr != nil {
 		errs = append(errs, merr)
 	}
@@ -226,35 +225,6 @@ func allPIDs() []int {
 		}
 	}
 	return pids
-}
-
-// mountsUnder lists the mount points at or below dir in this process's
-// mount namespace, deepest first.
-func mountsUnder(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("reading mounts: %w", err)
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := hostos.UnescapeMountPath(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading mounts: %w", err)
-	}
-	// Deepest first; a path mounted several times is unmounted as often.
-	slices.SortStableFunc(out, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
-	return out, nil
 }
 
 // tailFile returns the last n lines of a file, indented, for error

@@ -42,7 +42,7 @@ func TakeInventory(c Config) Inventory {
 	inv.Netns, _ = leftoverNetns(c)
 	inv.PodNetns = podNetnsFiles(c)
 	inv.Links, _ = labLinks(c)
-	inv.Mounts, _ = mountsUnder(c.Dir)
+	inv.Mounts, _ = hostos.MountsUnder(c.Dir)
 	inv.Cgroups = labCgroups(c, st)
 	_, err := os.Stat(c.Dir)
 	inv.Dir = err == nil

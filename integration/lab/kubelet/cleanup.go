@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cairnmesh/cairn/integration/lab/hostos"
 )
 
 // Cleanup removes what the kubelets of a node left on the machine, for
@@ -68,7 +70,7 @@ func Cleanup(nodeRoot string) error {
 	if err != nil {
 		return err
 	}
-	mps, err := mountPoints(root)
+	mps, err := hostos.MountsUnder(root)
 	if err != nil {
 		errs = append(errs, err)
 	}

@@ -146,32 +146,8 @@ func ensureSharedMount(dir string) error {
 	return nil
 }
 
-// mountPoints returns the mount points at or below dir, deepest first.
-func mountPoints(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := hostos.UnescapeMountPath(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	slices.SortFunc(out, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
-	return slices.Compact(out), sc.Err()
-}
-
 func isMountPoint(dir string) (bool, error) {
-	mps, err := mountPoints(dir)
+	mps, err := hostos.MountsUnder(dir)
 	if err != nil {
 		return false, err
 	}
