@@ -1,7 +1,9 @@
 package index
 
 import (
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -141,4 +143,18 @@ func sortedNames[V any](m map[string]V) []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+func TestNewlySkippedObjectsAreLoggedOnce(t *testing.T) {
+	var buf strings.Builder
+	c := &Controller{log: slog.New(slog.NewTextHandler(&buf, nil))}
+	unscheduled := model.Skipped{Object: "Pod shop/pending", Reason: "not scheduled to a node yet"}
+	c.logNewlySkipped(nil, []model.Skipped{unscheduled})
+	c.logNewlySkipped([]model.Skipped{unscheduled}, []model.Skipped{unscheduled})
+	if n := strings.Count(buf.String(), "Pod shop/pending"); n != 1 {
+		t.Errorf("logged %d times, want once:\n%s", n, buf.String())
+	}
+	if !strings.Contains(buf.String(), "not scheduled to a node yet") {
+		t.Errorf("log lacks the reason:\n%s", buf.String())
+	}
 }

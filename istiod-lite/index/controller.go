@@ -138,6 +138,7 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	c.last = next
 	c.mu.Unlock()
 
+	c.logNewlySkipped(prev.Skipped, next.Skipped)
 	var errs []error
 	if !c.ready.Load() {
 		for typeURL, all := range next.Resources {
@@ -160,6 +161,20 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	}
 	errs = append(errs, c.writeStatuses(ctx, next.Statuses))
 	return errors.Join(errs...)
+}
+
+// logNewlySkipped names, once, each object (or part of one) that the model
+// leaves out, with the reason, so a user can find why it has no effect.
+func (c *Controller) logNewlySkipped(prev, next []model.Skipped) {
+	seen := make(map[model.Skipped]bool, len(prev))
+	for _, s := range prev {
+		seen[s] = true
+	}
+	for _, s := range next {
+		if !seen[s] {
+			c.log.Info("left out of the mesh model", "object", s.Object, "reason", s.Reason)
+		}
+	}
 }
 
 func (c *Controller) inputs() (Inputs, error) {
