@@ -100,10 +100,12 @@ func waitForLog(t *testing.T, path, want string) {
 // a long sleep through a launcher and is then SIGKILLed, as a crashed or
 // timed-out test binary would be. Pdeathsig must take the sleep with it.
 func TestChildDiesWithParent(t *testing.T) {
-	if os.Getenv("KUBESERVER_PDEATHSIG_HELPER") == "1" {
+	// The helper is killed, so it cannot clean up a t.TempDir of its own:
+	// it writes into the parent's.
+	if dir := os.Getenv("KUBESERVER_PDEATHSIG_HELPER_DIR"); dir != "" {
 		l := newLauncher()
 		p, err := startProcess(l, slog.New(slog.DiscardHandler), "sleep", "/bin/sleep", []string{"60"},
-			filepath.Join(t.TempDir(), "sleep.log"))
+			filepath.Join(dir, "sleep.log"))
 		if err != nil {
 			fmt.Println("error:", err)
 			os.Exit(1)
@@ -121,7 +123,7 @@ func TestChildDiesWithParent(t *testing.T) {
 	}
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestChildDiesWithParent$")
-	cmd.Env = append(os.Environ(), "KUBESERVER_PDEATHSIG_HELPER=1")
+	cmd.Env = append(os.Environ(), "KUBESERVER_PDEATHSIG_HELPER_DIR="+t.TempDir())
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
