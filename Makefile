@@ -2,11 +2,11 @@
 # fresh clone on a Debian machine (root) needs nothing else.
 #
 #   make build      all binaries into bin/
-#   make test       unit tests (-race) and integration tests against a real API server
+#   make test       unit tests (-race), tests against a real API server, end-to-end tests in the lab
 #   make lint       gofmt, go vet, staticcheck
 #   make generate   protobuf, deepcopy, CRD YAML, clientset/informers/listers
 #   make k8s-bins   etcd and the Kubernetes binaries for tests, into bin/k8s
-#   make demo       the mesh in the lab with a sample application
+#   make demo       the lab with a sample application (the mesh joins as it lands)
 #   make bench      Go benchmarks (speed and memory targets)
 
 SHELL := /usr/bin/env bash
