@@ -7,6 +7,7 @@ package bootstrap
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -130,10 +132,21 @@ func Run(ctx context.Context, cfg Config) error {
 		TrustDomain: cfg.TrustDomain, RootNamespace: cfg.RootNamespace,
 	}, log.With("component", "index"))
 
+	// Clients may present a mesh certificate (verified against the current
+	// trust bundle) instead of a token.
 	grpcServer := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
-		MinVersion:     tls.VersionTLS13,
-		NextProtos:     []string{"h2"},
-		GetCertificate: serving.get,
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			roots := x509.NewCertPool()
+			roots.AppendCertsFromPEM([]byte(bundle.Bundle()))
+			return &tls.Config{
+				MinVersion:     tls.VersionTLS13,
+				NextProtos:     []string{"h2"},
+				GetCertificate: serving.get,
+				ClientAuth:     tls.VerifyClientCertIfGiven,
+				ClientCAs:      roots,
+			}, nil
+		},
 	})))
 	caServer.Register(grpcServer)
 	xdsServer.Register(grpcServer)
@@ -253,11 +266,21 @@ func (a authorities) SetAuthority(c *pki.CA) {
 	}
 }
 
-// xdsAuthenticator admits xDS clients by their ServiceAccount token, the
-// same way the CA does.
+// xdsAuthenticator admits xDS clients by the mesh certificate they
+// presented (already verified against the trust bundle in the handshake),
+// or else by their ServiceAccount token, the same way the CA does.
 type xdsAuthenticator struct{ reviewer *kubeca.TokenReviewer }
 
 func (a xdsAuthenticator) Authenticate(ctx context.Context) (xds.Identity, error) {
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.VerifiedChains) > 0 {
+			id, err := spiffe.FromCert(info.State.VerifiedChains[0][0])
+			if err != nil {
+				return xds.Identity{}, fmt.Errorf("client certificate: %w", err)
+			}
+			return xds.Identity{Principal: id.String()}, nil
+		}
+	}
 	c, err := a.reviewer.Authenticate(ctx)
 	if err != nil {
 		return xds.Identity{}, err

@@ -14,8 +14,10 @@ import (
 
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -176,6 +178,17 @@ func TestIstiodLiteServesCertificatesAndWorkloads(t *testing.T) {
 	if got, err := spiffe.FromCert(chain[0]); err != nil || got != id {
 		t.Errorf("issued certificate names %v (%v), want %v", got, err, id)
 	}
+	var meshCert tls.Certificate
+	for _, pemCert := range resp.GetCertChain() {
+		certs, err := pki.ParseCertsPEM([]byte(pemCert))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range certs {
+			meshCert.Certificate = append(meshCert.Certificate, c.Raw)
+		}
+	}
+	meshCert.PrivateKey = key
 
 	// Delta xDS: the pod's workload arrives.
 	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(authed)
@@ -207,4 +220,36 @@ func TestIstiodLiteServesCertificatesAndWorkloads(t *testing.T) {
 		}
 		return fmt.Errorf("response without %s", want)
 	})
+
+	// No token this time: the mesh certificate the CA just issued
+	// authenticates the client. Without either, the stream is refused.
+	for _, tc := range []struct {
+		name  string
+		certs []tls.Certificate
+		ok    bool
+	}{{"mesh certificate", []tls.Certificate{meshCert}, true}, {"no credential", nil, false}} {
+		c, err := grpc.NewClient(cfg.XDSAddress, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+			RootCAs: roots, ServerName: "istiod.cairn-system.svc", MinVersion: tls.VersionTLS13, Certificates: tc.certs,
+		})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(c).DeltaAggregatedResources(ctx)
+		if err == nil {
+			err = s.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: model.AddressTypeURL, ResourceNamesSubscribe: []string{"*"}})
+		}
+		if err == nil {
+			var r *discoverygrpc.DeltaDiscoveryResponse
+			if r, err = s.Recv(); err == nil && len(r.GetResources()) == 0 {
+				err = fmt.Errorf("empty first response")
+			}
+		}
+		if tc.ok && err != nil {
+			t.Errorf("%s: %v, want the full state", tc.name, err)
+		}
+		if !tc.ok && status.Code(err) != codes.Unauthenticated {
+			t.Errorf("%s: %v, want Unauthenticated", tc.name, err)
+		}
+		c.Close()
+	}
 }

@@ -36,7 +36,8 @@ AuthorizationPolicy, PeerAuthentication), builds the mesh model and serves it
 to ztunnels over delta xDS. Its certificate authority signs SPIFFE
 certificates: for a ztunnel only the identities of pods on that ztunnel's own
 node, for any other caller only its own identity. Clients authenticate with
-their projected ServiceAccount token (audience --token-audience).
+their projected ServiceAccount token (audience --token-audience); xDS clients
+may present a mesh certificate instead.
 
 Ports: 15012 gRPC (xDS and CA, TLS with a certificate for
 istiod.<namespace>.svc), 15014 metrics, 8080 debug (/ready, /healthz,
