@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -88,13 +87,30 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	// The CA: node authorization answers from a pod informer.
-	podInformers := informers.NewSharedInformerFactory(kube, 0)
-	pods, err := kubeca.NewPodIndex(podInformers.Core().V1().Pods().Informer())
+	reviewer := &kubeca.TokenReviewer{Client: kube, Audiences: []string{cfg.TokenAudience}}
+
+	// Workload discovery.
+	xdsServer, err := xds.New(xds.Config{
+		TypeURLs:      []string{model.AddressTypeURL, model.AuthorizationTypeURL},
+		Debounce:      cfg.Debounce,
+		MaxDelay:      cfg.MaxDelay,
+		Authenticator: xdsAuthenticator{reviewer},
+		Logger:        log.With("component", "xds"),
+		Registerer:    reg,
+	})
+	if err != nil {
+		return fmt.Errorf("xDS server: %w", err)
+	}
+	idx := index.New(kube, security, xdsServer, model.Config{
+		ClusterID: cfg.ClusterID, DomainSuffix: cfg.DomainSuffix,
+		TrustDomain: cfg.TrustDomain, RootNamespace: cfg.RootNamespace,
+	}, log.With("component", "index"))
+
+	// The CA: node authorization answers from the model's pod informer.
+	pods, err := kubeca.NewPodIndex(idx.PodInformer())
 	if err != nil {
 		return fmt.Errorf("pod index: %w", err)
 	}
-	reviewer := &kubeca.TokenReviewer{Client: kube, Audiences: []string{cfg.TokenAudience}}
 	caServer, err := ca.New(ca.Config{
 		TrustDomain:   cfg.TrustDomain,
 		DefaultTTL:    cfg.CertTTL,
@@ -114,23 +130,6 @@ func Run(ctx context.Context, cfg Config) error {
 		Sink:   authorities{caServer, serving},
 		Logger: log.With("component", "trust-bundle"),
 	}
-
-	// Workload discovery.
-	xdsServer, err := xds.New(xds.Config{
-		TypeURLs:      []string{model.AddressTypeURL, model.AuthorizationTypeURL},
-		Debounce:      cfg.Debounce,
-		MaxDelay:      cfg.MaxDelay,
-		Authenticator: xdsAuthenticator{reviewer},
-		Logger:        log.With("component", "xds"),
-		Registerer:    reg,
-	})
-	if err != nil {
-		return fmt.Errorf("xDS server: %w", err)
-	}
-	idx := index.New(kube, security, xdsServer, model.Config{
-		ClusterID: cfg.ClusterID, DomainSuffix: cfg.DomainSuffix,
-		TrustDomain: cfg.TrustDomain, RootNamespace: cfg.RootNamespace,
-	}, log.With("component", "index"))
 
 	// Clients may present a mesh certificate (verified against the current
 	// trust bundle) instead of a token.
@@ -196,8 +195,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	podInformers.Start(gctx.Done())
-	defer podInformers.Shutdown()
 	g.Go(func() error { return bundle.Run(gctx) })
 	g.Go(func() error { return xdsServer.Run(gctx) })
 	g.Go(func() error { return idx.Run(gctx) })

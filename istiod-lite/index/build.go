@@ -8,7 +8,6 @@
 package index
 
 import (
-	"cmp"
 	"slices"
 
 	"google.golang.org/protobuf/proto"
@@ -52,78 +51,28 @@ type Result struct {
 }
 
 // Build turns the inputs into the full set of resources. It never calls the
-// API server and gives equal output for equal input.
+// API server and gives equal output for equal input. The Controller builds
+// the same model incrementally, one source object at a time, with the same
+// per-source builders (sources.go).
 func Build(in Inputs, cfg model.Config) Result {
-	root := cmp.Or(cfg.RootNamespace, model.DefaultRootNamespace)
-	res := Result{Resources: Resources{
-		model.AddressTypeURL:       {},
-		model.AuthorizationTypeURL: {},
-	}}
-	addresses := res.Resources[model.AddressTypeURL]
-	authorizations := res.Resources[model.AuthorizationTypeURL]
-
-	namespaces := make(map[string]*corev1.Namespace, len(in.Namespaces))
-	for _, ns := range in.Namespaces {
-		namespaces[ns.Name] = ns
-	}
-	services := byNamespace(in.Services)
-	policies := byNamespace(in.AuthorizationPolicies)
-	peerAuths := byNamespace(in.PeerAuthentications)
-
+	v := newInputsView(in, cfg)
+	parts := make(map[source]part)
 	for _, pod := range in.Pods {
-		addr, skipped := model.BuildWorkload(model.WorkloadInputs{
-			Pod:                   pod,
-			Namespace:             namespaces[pod.Namespace],
-			Services:              services[pod.Namespace],
-			AuthorizationPolicies: slices.Concat(policies[pod.Namespace], policies[root]),
-			PeerAuthentications:   slices.Concat(peerAuths[pod.Namespace], peerAuths[root]),
-		}, cfg)
-		res.Skipped = append(res.Skipped, skipped...)
-		if addr != nil {
-			addresses[model.AddressName(addr)] = addr
-		}
+		parts[sourceOf(kindPod, pod)] = buildPod(pod, v, cfg)
 	}
-
-	servicesByName := make(map[string]*corev1.Service, len(in.Services))
 	for _, svc := range in.Services {
-		servicesByName[svc.Namespace+"/"+svc.Name] = svc
-		addr, skipped := model.BuildService(svc, cfg)
-		if skipped != nil {
-			res.Skipped = append(res.Skipped, *skipped)
-		}
-		if addr != nil {
-			addresses[model.AddressName(addr)] = addr
-		}
+		parts[sourceOf(kindService, svc)] = buildService(svc, cfg)
 	}
 	for _, slice := range in.EndpointSlices {
-		svc := servicesByName[slice.Namespace+"/"+slice.Labels[discoveryv1.LabelServiceName]]
-		for _, addr := range model.BuildEndpointSliceWorkloads(slice, svc, cfg) {
-			addresses[model.AddressName(addr)] = addr
-		}
+		parts[sourceOf(kindEndpointSlice, slice)] = buildEndpointSlice(slice, v, cfg)
 	}
-
 	for _, p := range in.AuthorizationPolicies {
-		authz, conds := model.BuildAuthorization(p, root)
-		if authz != nil {
-			authorizations[model.AuthorizationName(authz)] = authz
-		}
-		res.Statuses = append(res.Statuses, PolicyStatus{
-			Kind: "AuthorizationPolicy", Namespace: p.Namespace, Name: p.Name,
-			Generation: p.Generation, Conditions: conds,
-		})
+		parts[sourceOf(kindAuthorizationPolicy, p)] = buildAuthorizationPolicy(p, v)
 	}
 	for _, pa := range in.PeerAuthentications {
-		related := slices.Concat(peerAuths[pa.Namespace], peerAuths[root])
-		authz, conds := model.BuildPeerAuthentication(pa, model.InheritedMTLSMode(pa, related, root), root)
-		if authz != nil {
-			authorizations[model.AuthorizationName(authz)] = authz
-		}
-		res.Statuses = append(res.Statuses, PolicyStatus{
-			Kind: "PeerAuthentication", Namespace: pa.Namespace, Name: pa.Name,
-			Generation: pa.Generation, Conditions: conds,
-		})
+		parts[sourceOf(kindPeerAuthentication, pa)] = buildPeerAuthentication(pa, v)
 	}
-	return res
+	return assemble(parts)
 }
 
 // Change is what must be pushed for one type: resources added or changed,

@@ -1,15 +1,18 @@
 package index
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -29,15 +32,18 @@ type Sink interface {
 	Update(typeURL string, upserts map[string]proto.Message, removes []string) error
 }
 
-// Controller keeps a Sink up to date with the model of the cluster: every
-// change of a watched object triggers a rebuild (changes arriving during a
-// rebuild are folded into the next one), and only the resources that
-// differ are handed on. It also writes the policies' status conditions.
+// Controller keeps a Sink up to date with the model of the cluster. The
+// first build is complete (Sink.SetInitial); after it, each informer event
+// marks its object dirty, and a rebuild (changes arriving during one are
+// folded into the next) recomputes only the sources that depend on the
+// dirty objects and hands on only the resources that differ. It also
+// writes the policies' status conditions.
 type Controller struct {
 	kube     kubernetes.Interface
 	security cairnclient.Interface
 	sink     Sink
 	cfg      model.Config
+	root     string
 	log      *slog.Logger
 
 	kubeInformers     informers.SharedInformerFactory
@@ -45,8 +51,11 @@ type Controller struct {
 	trigger           chan struct{}
 	ready             atomic.Bool
 
-	mu   sync.Mutex
-	last Result
+	dirtyMu sync.Mutex
+	dirty   map[source]struct{}
+
+	mu    sync.Mutex
+	parts map[source]part // the model, by source; written by Run's goroutine
 }
 
 // New returns a Controller; Run starts it.
@@ -56,27 +65,71 @@ func New(kube kubernetes.Interface, security cairnclient.Interface, sink Sink, c
 	}
 	c := &Controller{
 		kube: kube, security: security, sink: sink, cfg: cfg, log: log,
+		root:              cmp.Or(cfg.RootNamespace, model.DefaultRootNamespace),
 		kubeInformers:     informers.NewSharedInformerFactory(kube, 0),
 		securityInformers: cairninformers.NewSharedInformerFactory(security, 0),
 		trigger:           make(chan struct{}, 1),
+		dirty:             make(map[source]struct{}),
+		parts:             make(map[source]part),
 	}
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { c.poke() },
-		UpdateFunc: func(any, any) { c.poke() },
-		DeleteFunc: func(any) { c.poke() },
-	}
-	for _, inf := range []cache.SharedIndexInformer{
-		c.kubeInformers.Core().V1().Namespaces().Informer(),
-		c.kubeInformers.Core().V1().Pods().Informer(),
-		c.kubeInformers.Core().V1().Services().Informer(),
-		c.kubeInformers.Discovery().V1().EndpointSlices().Informer(),
-		c.securityInformers.Security().V1().AuthorizationPolicies().Informer(),
-		c.securityInformers.Security().V1().PeerAuthentications().Informer(),
+	for kind, inf := range map[sourceKind]cache.SharedIndexInformer{
+		kindNamespace:           c.kubeInformers.Core().V1().Namespaces().Informer(),
+		kindPod:                 c.kubeInformers.Core().V1().Pods().Informer(),
+		kindService:             c.kubeInformers.Core().V1().Services().Informer(),
+		kindEndpointSlice:       c.kubeInformers.Discovery().V1().EndpointSlices().Informer(),
+		kindAuthorizationPolicy: c.securityInformers.Security().V1().AuthorizationPolicies().Informer(),
+		kindPeerAuthentication:  c.securityInformers.Security().V1().PeerAuthentications().Informer(),
 	} {
-		// AddEventHandler only fails on a stopped informer; these are new.
-		_, _ = inf.AddEventHandler(handler)
+		transform := dropManagedFields
+		if kind == kindPod {
+			transform = trimPod
+		}
+		// Both only fail on an informer that has started; these are new.
+		_ = inf.SetTransform(transform)
+		_, _ = inf.AddEventHandler(c.handler(kind))
 	}
 	return c
+}
+
+// PodInformer is the Controller's pod informer, for other users that can
+// share it (the CA's node authorization). Pods in it keep only what the
+// model and the CA read: metadata, node, service account, host network,
+// container ports, phase, IPs and conditions. Add indexers before Run.
+func (c *Controller) PodInformer() cache.SharedIndexInformer {
+	return c.kubeInformers.Core().V1().Pods().Informer()
+}
+
+// handler marks the object of each event dirty.
+func (c *Controller) handler(kind sourceKind) cache.ResourceEventHandler {
+	note := func(obj any) {
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			c.log.Error("informer event without a usable key", "error", err)
+			return
+		}
+		ns, name, err := cache.SplitMetaNamespaceKey(key)
+		if err != nil {
+			c.log.Error("informer event with a malformed key", "key", key, "error", err)
+			return
+		}
+		c.dirtyMu.Lock()
+		c.dirty[source{kind: kind, namespace: ns, name: name}] = struct{}{}
+		c.dirtyMu.Unlock()
+		c.poke()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    note,
+		UpdateFunc: func(_, obj any) { note(obj) },
+		DeleteFunc: note,
+	}
+}
+
+func (c *Controller) takeDirty() map[source]struct{} {
+	c.dirtyMu.Lock()
+	defer c.dirtyMu.Unlock()
+	d := c.dirty
+	c.dirty = make(map[source]struct{})
+	return d
 }
 
 func (c *Controller) poke() {
@@ -89,11 +142,11 @@ func (c *Controller) poke() {
 // Ready reports whether the first full model has been handed to the sink.
 func (c *Controller) Ready() bool { return c.ready.Load() }
 
-// Last returns the most recently built model (for debug endpoints).
+// Last returns the current model (for debug endpoints).
 func (c *Controller) Last() Result {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.last
+	return assemble(c.parts)
 }
 
 // Run watches the cluster until ctx is done.
@@ -118,49 +171,200 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-c.trigger:
-			if err := c.rebuild(ctx); err != nil {
+			var err error
+			if c.ready.Load() {
+				err = c.rebuildDirty(ctx)
+			} else {
+				err = c.rebuildAll(ctx)
+			}
+			if err != nil {
 				c.log.Error("rebuilding the mesh model failed", "error", err)
 			}
 		}
 	}
 }
 
-func (c *Controller) rebuild(ctx context.Context) error {
+// rebuildAll builds the whole model and sets it as the sink's initial
+// state. Until that succeeds, every rebuild is a full one.
+func (c *Controller) rebuildAll(ctx context.Context) error {
+	c.takeDirty() // all of it is rebuilt anyway
 	in, err := c.inputs()
 	if err != nil {
 		return err
 	}
 	start := time.Now()
-	next := Build(in, c.cfg)
-
-	c.mu.Lock()
-	prev := c.last
-	c.last = next
-	c.mu.Unlock()
-
-	c.logNewlySkipped(prev.Skipped, next.Skipped)
-	var errs []error
-	if !c.ready.Load() {
-		for typeURL, all := range next.Resources {
-			if err := c.sink.SetInitial(typeURL, all); err != nil {
-				errs = append(errs, fmt.Errorf("setting the initial %s resources: %w", typeURL, err))
-			}
-		}
-		c.log.Info("mesh model built", "took", time.Since(start),
-			"addresses", len(next.Resources[model.AddressTypeURL]),
-			"authorizations", len(next.Resources[model.AuthorizationTypeURL]))
-	} else {
-		for typeURL, ch := range Diff(prev.Resources, next.Resources) {
-			if err := c.sink.Update(typeURL, ch.Upserts, ch.Removes); err != nil {
-				errs = append(errs, fmt.Errorf("pushing %s changes: %w", typeURL, err))
-			}
+	v := c.newView()
+	parts := make(map[source]part, len(in.Pods)+len(in.Services)+len(in.EndpointSlices))
+	for _, list := range [][]source{
+		sourcesOf(kindPod, in.Pods), sourcesOf(kindService, in.Services), sourcesOf(kindEndpointSlice, in.EndpointSlices),
+		sourcesOf(kindAuthorizationPolicy, in.AuthorizationPolicies), sourcesOf(kindPeerAuthentication, in.PeerAuthentications),
+	} {
+		for _, s := range list {
+			parts[s] = c.build(s, v)
 		}
 	}
+	if err := v.err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	prev := c.parts
+	c.parts = parts
+	c.mu.Unlock()
+	next := assemble(parts)
+	c.logNewlySkipped(assemble(prev).Skipped, next.Skipped)
+
+	var errs []error
+	for typeURL, all := range next.Resources {
+		if err := c.sink.SetInitial(typeURL, all); err != nil {
+			errs = append(errs, fmt.Errorf("setting the initial %s resources: %w", typeURL, err))
+		}
+	}
+	c.log.Info("mesh model built", "took", time.Since(start),
+		"addresses", len(next.Resources[model.AddressTypeURL]),
+		"authorizations", len(next.Resources[model.AuthorizationTypeURL]))
 	if len(errs) == 0 {
 		c.ready.Store(true)
 	}
 	errs = append(errs, c.writeStatuses(ctx, next.Statuses))
 	return errors.Join(errs...)
+}
+
+// rebuildDirty rebuilds the sources that depend on the dirty objects and
+// pushes what changed.
+func (c *Controller) rebuildDirty(ctx context.Context) error {
+	dirty := c.takeDirty()
+	if len(dirty) == 0 {
+		return nil
+	}
+	v := c.newView()
+	sources := c.dependents(dirty)
+	changes := map[string]*Change{}
+	var statuses []PolicyStatus
+	c.mu.Lock()
+	for s := range sources {
+		next := c.build(s, v)
+		prev := c.parts[s]
+		diffPart(changes, s, prev, next)
+		c.logNewlySkipped(prev.skipped, next.skipped)
+		if next.status != nil {
+			statuses = append(statuses, *next.status)
+		}
+		if next.resources == nil && next.skipped == nil && next.status == nil {
+			delete(c.parts, s)
+		} else {
+			c.parts[s] = next
+		}
+	}
+	c.mu.Unlock()
+	errs := []error{v.err()}
+	for typeURL, ch := range changes {
+		if ch.Empty() {
+			continue
+		}
+		slices.Sort(ch.Removes)
+		if err := c.sink.Update(typeURL, ch.Upserts, ch.Removes); err != nil {
+			errs = append(errs, fmt.Errorf("pushing %s changes: %w", typeURL, err))
+		}
+	}
+	errs = append(errs, c.writeStatuses(ctx, statuses))
+	return errors.Join(errs...)
+}
+
+// diffPart adds to changes what turns a source's previous part into its
+// next one.
+func diffPart(changes map[string]*Change, s source, prev, next part) {
+	typeURL := s.kind.typeURL()
+	ch := changes[typeURL]
+	if ch == nil {
+		ch = &Change{Upserts: map[string]proto.Message{}}
+		changes[typeURL] = ch
+	}
+	for name, msg := range next.resources {
+		if old, ok := prev.resources[name]; !ok || !proto.Equal(old, msg) {
+			ch.Upserts[name] = msg
+		}
+	}
+	for name := range prev.resources {
+		if _, ok := next.resources[name]; !ok {
+			ch.Removes = append(ch.Removes, name)
+		}
+	}
+}
+
+// dependents are the sources whose parts may change when the dirty
+// objects did: the objects themselves, and whatever reads them through
+// the view.
+func (c *Controller) dependents(dirty map[source]struct{}) map[source]struct{} {
+	out := make(map[source]struct{}, len(dirty))
+	podsOf := func(namespace string) {
+		if namespace == c.root {
+			namespace = metav1.NamespaceAll // root policies apply everywhere
+		}
+		pods, _ := c.kubeInformers.Core().V1().Pods().Lister().Pods(namespace).List(labels.Everything())
+		for _, s := range sourcesOf(kindPod, pods) {
+			out[s] = struct{}{}
+		}
+	}
+	for s := range dirty {
+		switch s.kind {
+		case kindPod, kindEndpointSlice:
+			out[s] = struct{}{}
+		case kindNamespace: // enrolment labels
+			podsOf(s.name)
+		case kindService: // workloads list the Services that select them
+			out[s] = struct{}{}
+			podsOf(s.namespace)
+			slicesOf, _ := c.kubeInformers.Discovery().V1().EndpointSlices().Lister().EndpointSlices(s.namespace).List(
+				labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: s.name}))
+			for _, x := range sourcesOf(kindEndpointSlice, slicesOf) {
+				out[x] = struct{}{}
+			}
+		case kindAuthorizationPolicy: // workloads list the policies that select them
+			out[s] = struct{}{}
+			podsOf(s.namespace)
+		case kindPeerAuthentication: // and a policy inherits from the others
+			out[s] = struct{}{}
+			ns := s.namespace
+			if ns == c.root {
+				ns = metav1.NamespaceAll
+			}
+			pas, _ := c.securityInformers.Security().V1().PeerAuthentications().Lister().PeerAuthentications(ns).List(labels.Everything())
+			for _, x := range sourcesOf(kindPeerAuthentication, pas) {
+				out[x] = struct{}{}
+			}
+			podsOf(s.namespace)
+		}
+	}
+	return out
+}
+
+// build builds a source's part from the current informer state; a source
+// that no longer exists gives an empty part.
+func (c *Controller) build(s source, v *listerView) part {
+	kube, sec := c.kubeInformers, c.securityInformers
+	switch s.kind {
+	case kindPod:
+		if pod, err := kube.Core().V1().Pods().Lister().Pods(s.namespace).Get(s.name); err == nil {
+			return buildPod(pod, v, c.cfg)
+		}
+	case kindService:
+		if svc, err := kube.Core().V1().Services().Lister().Services(s.namespace).Get(s.name); err == nil {
+			return buildService(svc, c.cfg)
+		}
+	case kindEndpointSlice:
+		if slice, err := kube.Discovery().V1().EndpointSlices().Lister().EndpointSlices(s.namespace).Get(s.name); err == nil {
+			return buildEndpointSlice(slice, v, c.cfg)
+		}
+	case kindAuthorizationPolicy:
+		if ap, err := sec.Security().V1().AuthorizationPolicies().Lister().AuthorizationPolicies(s.namespace).Get(s.name); err == nil {
+			return buildAuthorizationPolicy(ap, v)
+		}
+	case kindPeerAuthentication:
+		if pa, err := sec.Security().V1().PeerAuthentications().Lister().PeerAuthentications(s.namespace).Get(s.name); err == nil {
+			return buildPeerAuthentication(pa, v)
+		}
+	}
+	return part{}
 }
 
 // logNewlySkipped names, once, each object (or part of one) that the model

@@ -3,6 +3,7 @@ package index
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -22,7 +23,12 @@ import (
 	"github.com/cairnmesh/cairn/istiod-lite/xds"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m, testenv.Options{ControllerManager: true}) }
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(benchClientsEnv); spec != "" {
+		os.Exit(runBenchClients(spec)) // the child process of BenchmarkPodReadyToAllClients
+	}
+	testenv.Main(m, testenv.Options{ControllerManager: true})
+}
 
 // recordingSink keeps every update, as the xDS server would receive them.
 type recordingSink struct {

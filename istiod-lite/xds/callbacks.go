@@ -123,6 +123,7 @@ func (cb *callbacks) OnDeltaStreamOpen(ctx context.Context, stream int64, _ stri
 // OnDeltaStreamClosed forgets the client. It is also called for streams
 // that OnDeltaStreamOpen refused.
 func (cb *callbacks) OnDeltaStreamClosed(stream int64, node *core.Node) {
+	cb.s.cache.closeStream(stream)
 	c := cb.s.clients.remove(stream)
 	if c == nil {
 		return
@@ -191,6 +192,7 @@ func (cb *callbacks) OnStreamDeltaRequest(stream int64, req *discoverygrpc.Delta
 			s.log.Debug("xDS ACK", "stream", stream, "node", node, "type", ts.label, "nonce", nonce)
 		}
 	}
+	s.cache.noteRequest(stream, req)
 	return nil
 }
 

@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"slices"
 	"time"
-
-	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 )
 
 // DebugHandler serves, as JSON:
@@ -70,13 +68,8 @@ func (s *Server) serveResources(w http.ResponseWriter, r *http.Request) {
 		slices.SortFunc(entries, func(a, b named) int { return cmp.Compare(a.name, b.name) })
 		dt.Resources = make([]debugResource, 0, len(entries))
 		for _, e := range entries {
-			// Hashed here, off the push path, the way the cache does it.
-			version := ""
-			if b, err := cache.MarshalResource(e.msg); err == nil {
-				version = cache.HashResource(b)
-			}
 			dt.Resources = append(dt.Resources, debugResource{
-				Name: e.name, Version: version, CacheVersion: versionString(e.version), Changed: e.changed,
+				Name: e.name, Version: e.wire.GetVersion(), CacheVersion: versionString(e.version), Changed: e.changed,
 			})
 		}
 		out = append(out, dt)
