@@ -163,3 +163,31 @@ func TestClientBehindTheChangeLogCatchesUp(t *testing.T) {
 		t.Error("b was resent although the client holds its current version")
 	}
 }
+
+// TestSendBudgetSmallerThanAResponse: with a send budget smaller than one
+// response, responses take turns and every client still gets everything.
+func TestSendBudgetSmallerThanAResponse(t *testing.T) {
+	ts := startServer(t, Config{SendBudget: 16})
+	ts.setInitial(t, strs("a", "1", "b", "2", "c", "3"), nil)
+	var clients []*adsClient
+	for i := range 5 {
+		c := newClient(t, ts, fmt.Sprintf("ztunnel-%d", i))
+		c.subscribe(t, fmt.Sprintf("node-%d", i), typeA)
+		clients = append(clients, c)
+	}
+	for _, c := range clients {
+		resp := c.recv(t, 5*time.Second)
+		if v := values(t, resp); fmt.Sprint(v) != "map[a:1 b:2 c:3]" {
+			t.Fatalf("initial response %v", v)
+		}
+		c.ack(t, resp)
+	}
+	if err := ts.Update(typeA, strs("a", "1-new"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range clients {
+		if v := values(t, c.recv(t, 5*time.Second)); fmt.Sprint(v) != "map[a:1-new]" {
+			t.Fatalf("push %v", v)
+		}
+	}
+}

@@ -24,6 +24,7 @@
 package xds
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -41,6 +42,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/server/delta/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -73,6 +75,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the Prometheus metrics; nil keeps them private.
 	Registerer prometheus.Registerer
+	// SendBudget bounds the bytes of responses being sent at once, over
+	// all clients (see throttledADS). Zero means DefaultSendBudget.
+	SendBudget int64
 }
 
 // Server serves the configured types over delta ADS. Create it with New,
@@ -81,6 +86,7 @@ type Server struct {
 	log           *slog.Logger
 	debounce      time.Duration
 	maxDelay      time.Duration
+	sendBudget    int64
 	authenticator Authenticator
 	metrics       *metrics
 	types         map[string]*typeState // fixed after New
@@ -149,13 +155,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Authenticator == nil {
 		return nil, errors.New("xds: no Authenticator configured")
 	}
-	if cfg.Debounce < 0 || cfg.MaxDelay < 0 {
-		return nil, errors.New("xds: negative debounce or max delay")
+	if cfg.Debounce < 0 || cfg.MaxDelay < 0 || cfg.SendBudget < 0 {
+		return nil, errors.New("xds: negative debounce, max delay or send budget")
 	}
 	s := &Server{
 		log:           cfg.Logger,
 		debounce:      orDefault(cfg.Debounce, DefaultDebounce),
 		maxDelay:      orDefault(cfg.MaxDelay, DefaultMaxDelay),
+		sendBudget:    cmp.Or(cfg.SendBudget, DefaultSendBudget),
 		authenticator: cfg.Authenticator,
 		types:         make(map[string]*typeState, len(cfg.TypeURLs)),
 		pending:       make(map[string]*batch),
@@ -213,7 +220,9 @@ func orDefault(d, def time.Duration) time.Duration {
 // Register serves the Aggregated Discovery Service on g. Only its delta
 // method is useful; state-of-the-world streams are refused.
 func (s *Server) Register(g *grpc.Server) {
-	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, s.ads)
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, &throttledADS{
+		Server: s.ads, budget: semaphore.NewWeighted(s.sendBudget), max: s.sendBudget,
+	})
 }
 
 // Ready is closed once SetInitial has been called for every configured type.
