@@ -1,0 +1,149 @@
+package xdsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/cairnmesh/cairn/internal/version"
+)
+
+// UserAgentName is the Node's user_agent_name.
+const UserAgentName = "cairn-ztunnel"
+
+// Client keeps a Handler current with the control plane. Create it with
+// New, start it with Run, and wait for Synced before serving traffic.
+type Client struct {
+	cfg     Config
+	log     *slog.Logger
+	obs     Observer
+	handler Handler
+	node    *core.Node
+	dial    []grpc.DialOption
+
+	// The state below belongs to Run's goroutine.
+	types   map[string]*typeState
+	order   []*typeState // subscription order
+	pending int          // types whose first response has not been applied
+
+	synced  chan struct{}
+	started atomic.Bool
+}
+
+// typeState is what the client holds of one type.
+type typeState struct {
+	url    string
+	label  string // the URL without its prefix, for logs
+	newMsg func() proto.Message
+	// versions maps the name of every resource the handler accepted to
+	// its version: the client's initial_resource_versions on reconnect.
+	versions map[string]string
+	applied  bool // a response was applied since New
+}
+
+// New checks cfg and builds a Client. It does not connect: Run does.
+func New(cfg Config) (*Client, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("xdsclient: %w", err)
+	}
+	c := &Client{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		obs:     cfg.Observer,
+		handler: cfg.Handler,
+		dial:    dialOptions(cfg),
+		types:   make(map[string]*typeState, len(cfg.TypeURLs)),
+		pending: len(cfg.TypeURLs),
+		synced:  make(chan struct{}),
+	}
+	c.node = &core.Node{
+		Id:                   cfg.NodeID,
+		UserAgentName:        UserAgentName,
+		UserAgentVersionType: &core.Node_UserAgentVersion{UserAgentVersion: version.Version()},
+	}
+	if len(cfg.NodeMetadata) > 0 {
+		fields := make(map[string]any, len(cfg.NodeMetadata))
+		for k, v := range cfg.NodeMetadata {
+			fields[k] = v
+		}
+		if c.node.Metadata, err = structpb.NewStruct(fields); err != nil {
+			return nil, fmt.Errorf("xdsclient: node metadata: %w", err)
+		}
+	}
+	for _, url := range cfg.TypeURLs {
+		newMsg, _ := cfg.Registry.decoder(url) // checked by withDefaults
+		t := &typeState{
+			url:      url,
+			label:    strings.TrimPrefix(url, "type.googleapis.com/"),
+			newMsg:   newMsg,
+			versions: make(map[string]string),
+		}
+		c.types[url] = t
+		c.order = append(c.order, t)
+	}
+	return c, nil
+}
+
+// Synced is closed once the first response of every subscribed type has
+// been applied: the handler then holds the complete state the control plane
+// had, and ztunnel may report ready. It stays closed across reconnects.
+func (c *Client) Synced() <-chan struct{} { return c.synced }
+
+// Run connects to the control plane and keeps the handler current until ctx
+// ends, reconnecting after every failure. It returns nil once ctx ends, with
+// every goroutine it started ended; it returns an error only if it cannot
+// start at all. Run may be called once.
+func (c *Client) Run(ctx context.Context) error {
+	if !c.started.CompareAndSwap(false, true) {
+		return errors.New("xdsclient: Run called twice")
+	}
+	conn, err := grpc.NewClient(c.cfg.Address, c.dial...)
+	if err != nil {
+		return fmt.Errorf("xdsclient: client for %s: %w", c.cfg.Address, err)
+	}
+	defer conn.Close()
+	ads := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn)
+
+	bo := newBackoff(c.cfg.BackoffBase, c.cfg.BackoffMax)
+	for {
+		lived, err := c.stream(ctx, ads)
+		if ctx.Err() != nil {
+			c.log.Info("xDS client stopped")
+			return nil
+		}
+		if lived >= c.cfg.StableAfter {
+			bo.reset()
+		}
+		delay := bo.next()
+		c.log.Warn("xDS stream failed, retrying", "address", c.cfg.Address, "err", err,
+			"connected_for", lived.Round(time.Millisecond), "failures", bo.failures, "retry_in", delay.Round(time.Millisecond))
+		c.obs.Retrying(bo.failures, delay, err)
+		if !sleep(ctx, delay) {
+			c.log.Info("xDS client stopped")
+			return nil
+		}
+	}
+}
+
+// sleep waits for d, or returns false as soon as ctx ends.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
