@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	workloadv1 "github.com/cairnmesh/cairn/apis/workload/v1"
+	"github.com/cairnmesh/cairn/internal/ambient"
 )
 
 // Type URLs of the resources of workload discovery.
@@ -40,11 +41,11 @@ const (
 const (
 	// DataplaneModeLabel enrols a namespace or pod in the mesh ("ambient")
 	// or, on a pod, opts it out ("none").
-	DataplaneModeLabel = "istio.io/dataplane-mode"
+	DataplaneModeLabel = ambient.DataplaneModeLabel
 	// DataplaneModeAmbient is the value that enrols.
-	DataplaneModeAmbient = "ambient"
+	DataplaneModeAmbient = ambient.DataplaneModeAmbient
 	// DataplaneModeNone on a pod keeps it out of the mesh.
-	DataplaneModeNone = "none"
+	DataplaneModeNone = ambient.DataplaneModeNone
 )
 
 // DefaultRootNamespace holds mesh-wide policies unless Config says

@@ -13,6 +13,7 @@ import (
 
 	securityv1 "github.com/cairnmesh/cairn/apis/security/v1"
 	workloadv1 "github.com/cairnmesh/cairn/apis/workload/v1"
+	"github.com/cairnmesh/cairn/internal/ambient"
 )
 
 // WorkloadInputs are the objects a pod's workload depends on. Services and
@@ -104,21 +105,9 @@ func BuildWorkload(in WorkloadInputs, cfg Config) (addr *workloadv1.Address, ski
 	return &workloadv1.Address{Type: &workloadv1.Address_Workload{Workload: w}}, skipped
 }
 
-// Enrolled reports whether a pod is in the mesh: istio.io/dataplane-mode is
-// "ambient" on the pod, or on its namespace while the pod does not say
-// "none". Pods on the host network are never captured.
-func Enrolled(pod *corev1.Pod, ns *corev1.Namespace) bool {
-	if pod.Spec.HostNetwork {
-		return false
-	}
-	switch pod.Labels[DataplaneModeLabel] {
-	case DataplaneModeAmbient:
-		return true
-	case DataplaneModeNone:
-		return false
-	}
-	return ns != nil && ns.Labels[DataplaneModeLabel] == DataplaneModeAmbient
-}
+// Enrolled reports whether a pod is in the mesh (the rule ztunnel's
+// capture follows too: see internal/ambient).
+func Enrolled(pod *corev1.Pod, ns *corev1.Namespace) bool { return ambient.Enrolled(pod, ns) }
 
 // podAddresses returns the pod's IPs as 4- or 16-byte slices.
 func podAddresses(pod *corev1.Pod) [][]byte {
