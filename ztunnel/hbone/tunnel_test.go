@@ -1,0 +1,163 @@
+package hbone_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cairnmesh/cairn/ztunnel/hbone"
+)
+
+// The client's CloseWrite reaches the application as EOF (the echo app
+// half-closes back only after it), and the application's half-close ends
+// what the client reads. The observer sees the bytes of both directions.
+func TestEchoHalfClose(t *testing.T) {
+	logs := &lockedBuffer{}
+	e := newEnv(t, func(_ *env, s *hbone.ServerConfig, _ *hbone.PoolConfig) {
+		s.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+	})
+	msg := make([]byte, 3<<20+17) // several frames and window updates
+	rand.Read(msg)
+
+	tun := e.dial(t)
+	got := roundTrip(t, tun, msg)
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("echo returned %d bytes, want the %d sent", len(got), len(msg))
+	}
+	tun.Close()
+
+	eventually(t, "the server's close report", func() bool { return len(e.obs.Closes()) == 1 })
+	tr := e.obs.Closes()[0]
+	if tr.Received != int64(len(msg)) || tr.Sent != int64(len(msg)) {
+		t.Errorf("observed received=%d sent=%d, want %d both", tr.Received, tr.Sent, len(msg))
+	}
+	if n := len(e.obs.Refusals()); n != 0 {
+		t.Errorf("%d refusals, want none", n)
+	}
+	// One access-log line, naming the peer and the traffic.
+	var line struct {
+		Msg         string
+		SrcIdentity string `json:"src_identity"`
+		Dst         string
+		Received    int64
+		Sent        int64
+	}
+	if err := json.Unmarshal(logs.Bytes(), &line); err != nil {
+		t.Fatalf("log %q: %v", logs.Bytes(), err)
+	}
+	if line.Msg != "connection closed" || line.SrcIdentity != clientID.String() || line.Dst != e.app.String() ||
+		line.Received != int64(len(msg)) || line.Sent != int64(len(msg)) {
+		t.Errorf("access log %+v", line)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
+
+// io.Copy through a tunnel uses its ReadFrom and WriteTo.
+func TestTunnelWithIOCopy(t *testing.T) {
+	e := newEnv(t)
+	msg := make([]byte, 1<<20)
+	rand.Read(msg)
+	tun := e.dial(t)
+	defer tun.Close()
+
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(tun, bytes.NewReader(msg))
+		if err == nil {
+			err = tun.CloseWrite()
+		}
+		errc <- err
+	}()
+	var got bytes.Buffer
+	if _, err := io.Copy(&got, tun); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Bytes(), msg) {
+		t.Fatalf("got %d bytes back, want %d", got.Len(), len(msg))
+	}
+}
+
+// An application that speaks first and half-closes: the client reads its
+// greeting and then EOF while its own side is still open.
+func TestApplicationCloseEndsResponse(t *testing.T) {
+	greeting := []byte("220 ready, and done\r\n")
+	appSawEOF := make(chan struct{})
+	app := startApp(t, func(c net.Conn) {
+		c.Write(greeting)
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, c)
+		close(appSawEOF)
+	})
+	e := newEnv(t)
+	tun, err := e.pool.Dial(context.Background(), e.key(), app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(tun)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, greeting) {
+		t.Fatalf("read %q, want %q", got, greeting)
+	}
+	// The stream is over: the server ended it when the application was
+	// done. The application's connection is closed, not left hanging.
+	<-appSawEOF
+	tun.Close()
+}
+
+func TestTunnelAfterClose(t *testing.T) {
+	e := newEnv(t)
+	tun := e.dial(t)
+	if err := tun.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tun.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Write after Close: %v, want net.ErrClosed", err)
+	}
+	if _, err := tun.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read after Close: %v, want net.ErrClosed", err)
+	}
+	if err := tun.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if err := tun.SetDeadline(time.Now()); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("SetDeadline: %v, want ErrUnsupported", err)
+	}
+	if got, want := tun.RemoteAddr().String(), e.app.String(); got != want {
+		t.Errorf("RemoteAddr %s, want the authority %s", got, want)
+	}
+	var _ net.Conn = tun
+	var _ interface{ CloseWrite() error } = tun
+	if !errors.Is(tun.SetReadDeadline(time.Now()), hbone.ErrDeadlineUnsupported) {
+		t.Error("SetReadDeadline did not return ErrDeadlineUnsupported")
+	}
+}
