@@ -110,3 +110,13 @@ func (i Identity) String() string {
 
 // IsZero reports whether i is the zero Identity.
 func (i Identity) IsZero() bool { return i == Identity{} }
+
+// MarshalText writes the SPIFFE ID, so that logs and JSON show an identity
+// as the string users know ("spiffe://td/ns/x/sa/y"); the zero Identity
+// is "".
+func (i Identity) MarshalText() ([]byte, error) {
+	if i.IsZero() {
+		return []byte{}, nil
+	}
+	return []byte(i.String()), nil
+}

@@ -2,6 +2,7 @@ package spiffe
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"net/url"
 	"testing"
@@ -100,5 +101,19 @@ func TestFromCert(t *testing.T) {
 		if _, err := FromCert(c); err == nil {
 			t.Errorf("%s: FromCert succeeded", name)
 		}
+	}
+}
+
+func TestIdentityInJSONIsItsSPIFFEID(t *testing.T) {
+	id, err := New("cluster.local", "shop", "reviews")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(map[string]Identity{"id": id, "none": {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(b), `{"id":"spiffe://cluster.local/ns/shop/sa/reviews","none":""}`; got != want {
+		t.Errorf("JSON %s, want %s", got, want)
 	}
 }
