@@ -3,6 +3,7 @@ package kubelet
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/cairnmesh/cairn/internal/nodepath"
 	"github.com/cairnmesh/cairn/internal/version"
 )
 
@@ -45,6 +47,10 @@ func (k *Kubelet) registerNode(ctx context.Context) error {
 		},
 		Spec: corev1.NodeSpec{PodCIDR: cfg.PodCIDR.String(), PodCIDRs: []string{cfg.PodCIDR.String()}},
 	}
+	if root := filepath.Clean(cfg.NodeRoot); root != "/" {
+		// Node agents (ztunnel) translate hostPath paths to the node's.
+		want.Annotations = map[string]string{nodepath.RootAnnotation: root}
+	}
 	node, err := nodes.Create(ctx, want, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		node, err = nodes.Get(ctx, cfg.NodeName, metav1.GetOptions{})
@@ -64,6 +70,15 @@ func (k *Kubelet) registerNode(ctx context.Context) error {
 					node.Labels = map[string]string{}
 				}
 				node.Labels[key] = v
+				changed = true
+			}
+		}
+		for key, v := range want.Annotations {
+			if node.Annotations[key] != v {
+				if node.Annotations == nil {
+					node.Annotations = map[string]string{}
+				}
+				node.Annotations[key] = v
 				changed = true
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/cairnmesh/cairn/internal/kubeserver"
+	"github.com/cairnmesh/cairn/internal/nodepath"
 	"github.com/cairnmesh/cairn/internal/testenv"
 )
 
@@ -350,6 +351,10 @@ func (n *testNode) waitNodeReady() {
 		if err == nil {
 			for _, c := range node.Status.Conditions {
 				if c.Type == "Ready" && c.Status == "True" {
+					// Node agents find hostPath volumes on the node by it.
+					if got := node.Annotations[nodepath.RootAnnotation]; got != n.root {
+						n.t.Fatalf("node annotation %s = %q, want the node root %q", nodepath.RootAnnotation, got, n.root)
+					}
 					return
 				}
 			}
