@@ -31,7 +31,7 @@ const EnrolledLabel = "istio.io/dataplane-mode=ambient"
 type AuthoritySink interface{ SetAuthority(*pki.CA) }
 
 // Controller keeps the CA's root and trust bundle: it loads (or creates)
-// the CA Secret, publishes the bundle ConfigMap in every enrolled
+// the CA Secret, publishes the bundle ConfigMap in its own namespace and every enrolled
 // namespace, keeps those ConfigMaps up to date, and follows changes of the
 // Secret. On every change it publishes the new bundle everywhere before
 // the new CA signs, so a root added to ca.crt is trusted by all before
@@ -218,13 +218,13 @@ func (c *Controller) publishAll(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		var errs []error
+		errs := []error{c.reconcile(ctx, c.Namespace)}
 		for _, ns := range nss {
 			if err := c.reconcile(ctx, ns.Name); err != nil {
 				errs = append(errs, err)
 			}
 		}
-		if len(errs) == 0 {
+		if errors.Join(errs...) == nil {
 			return nil
 		}
 		c.Logger.Warn("publishing trust bundle; retrying", "error", errors.Join(errs...), "after", delay)
@@ -256,12 +256,19 @@ func (c *Controller) processNext(ctx context.Context) bool {
 // left alone.
 func (c *Controller) reconcile(ctx context.Context, name string) error {
 	bundle := c.Bundle()
-	ns, err := c.ns.Get(name)
-	if apierrors.IsNotFound(err) || bundle == "" || (err == nil && ns.DeletionTimestamp != nil) {
+	if bundle == "" {
 		return nil
 	}
-	if err != nil {
-		return err
+	// The control plane's own namespace gets the bundle too: ztunnel runs
+	// there and verifies istiod-lite with it.
+	if name != c.Namespace {
+		ns, err := c.ns.Get(name)
+		if apierrors.IsNotFound(err) || (err == nil && ns.DeletionTimestamp != nil) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
 	}
 	cms := c.Client.CoreV1().ConfigMaps(name)
 	cm, err := c.cms.ConfigMaps(name).Get(c.ConfigMapName)

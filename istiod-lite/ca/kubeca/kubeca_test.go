@@ -388,6 +388,7 @@ func TestRootSecretAndBundle(t *testing.T) {
 		return cm.Data[ConfigMapKey]
 	}
 	eventually(t, "bundle in the enrolled namespace", func() bool { return bundleIn(enrolled) == first })
+	eventually(t, "bundle in the control plane's namespace (for ztunnel)", func() bool { return bundleIn(caNS) == first })
 	if bundleIn(plain) != "" {
 		t.Error("bundle published in a namespace that is not enrolled")
 	}
