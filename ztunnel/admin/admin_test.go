@@ -1,0 +1,71 @@
+package admin
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	body, _ := io.ReadAll(rec.Result().Body)
+	return rec.Code, string(body)
+}
+
+func TestConfigDumpAndConnections(t *testing.T) {
+	src := Sources{
+		ConfigDump: map[string]func() any{
+			"workloads": func() any { return []string{"shop/reviews-1"} },
+			"pods":      func() any { return map[string]string{"shop/reviews-1": "/var/run/netns/cni-1"} },
+		},
+		Connections: func() any { return []map[string]string{{"source": "198.18.1.5:4000"}} },
+	}
+	h := AdminHandler(src, slog.New(slog.DiscardHandler))
+	code, body := get(t, h, "/config_dump")
+	var dump map[string]any
+	if code != 200 || json.Unmarshal([]byte(body), &dump) != nil || dump["workloads"] == nil || dump["pods"] == nil {
+		t.Errorf("/config_dump: %d %s", code, body)
+	}
+	_, body = get(t, h, "/config_dump?section=pods")
+	if strings.Contains(body, "workloads") || !strings.Contains(body, "cni-1") {
+		t.Errorf("/config_dump?section=pods: %s", body)
+	}
+	if code, body := get(t, h, "/debug/connections"); code != 200 || !strings.Contains(body, "198.18.1.5:4000") {
+		t.Errorf("/debug/connections: %d %s", code, body)
+	}
+}
+
+func TestReadiness(t *testing.T) {
+	ready, why := false, "waiting for the first xDS response"
+	var drain Draining
+	h := ReadinessHandler(Sources{Ready: func() (bool, string) { return ready, why }}, &drain)
+	if code, body := get(t, h, "/healthz/ready"); code != 503 || !strings.Contains(body, "xDS") {
+		t.Errorf("before sync: %d %q", code, body)
+	}
+	ready = true
+	if code, _ := get(t, h, "/healthz/ready"); code != 200 {
+		t.Errorf("after sync: %d", code)
+	}
+	drain.Set()
+	if code, body := get(t, h, "/healthz/ready"); code != 503 || !strings.Contains(body, "draining") {
+		t.Errorf("draining: %d %q", code, body)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "istio_tcp_connections_opened_total", Help: "x"})
+	reg.MustRegister(c)
+	c.Inc()
+	if code, body := get(t, MetricsHandler(reg), "/metrics"); code != 200 || !strings.Contains(body, "istio_tcp_connections_opened_total 1") {
+		t.Errorf("/metrics: %d %s", code, body)
+	}
+}
