@@ -1,0 +1,227 @@
+// Package enroll puts one pod in the mesh and takes it out: it is the
+// nodeagent.Capturer of a running ztunnel. Capturing a pod means, in this
+// order: the capture rules in the pod's network namespace, the pod's
+// listeners there (with SO_REUSEPORT, so a new ztunnel can bind them too
+// during a rolling update), the pod's identity wanted from the certificate
+// manager, and the pod's proxy. Releasing undoes it in reverse: the proxy
+// closes the pod's connections first, then the rules go (see
+// ztunnel/capture on why that order).
+//
+// Stop (ztunnel exiting) closes the proxies but leaves the rules: the
+// next ztunnel on the node takes the pods over where they are.
+package enroll
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cairnmesh/cairn/internal/netns"
+	"github.com/cairnmesh/cairn/internal/spiffe"
+	"github.com/cairnmesh/cairn/ztunnel/capture"
+	"github.com/cairnmesh/cairn/ztunnel/nodeagent"
+	"github.com/cairnmesh/cairn/ztunnel/proxy"
+)
+
+// Identities is the certificate manager's side of enrolment.
+type Identities interface {
+	Want(id spiffe.Identity) error
+	Release(id spiffe.Identity)
+	proxy.Certificates
+}
+
+// Config configures a Mesh.
+type Config struct {
+	Proxy       proxy.Config
+	Identities  Identities
+	TrustDomain string
+	// NetnsDir is where ztunnel sees the node's network namespaces (a
+	// hostPath mount of /var/run/netns): paths from cairn-cni are looked up
+	// there by base name.
+	NetnsDir string
+	IPTables capture.IPTables
+	Log      *slog.Logger
+	// ReleaseGrace bounds how long releasing a pod waits for its
+	// connections to finish before it closes them.
+	ReleaseGrace time.Duration
+}
+
+// Mesh holds the captured pods of the node.
+type Mesh struct {
+	cfg   Config
+	log   *slog.Logger
+	conns *proxy.Tracker
+
+	mu   sync.Mutex
+	pods map[string]*enrolled // by pod UID
+}
+
+type enrolled struct {
+	pod   nodeagent.Pod
+	ns    *netns.Handle
+	id    spiffe.Identity
+	proxy *proxy.Proxy
+}
+
+var _ nodeagent.Capturer = (*Mesh)(nil)
+
+// New returns an empty Mesh.
+func New(cfg Config) *Mesh {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ReleaseGrace == 0 {
+		cfg.ReleaseGrace = 5 * time.Second
+	}
+	return &Mesh{cfg: cfg, log: cfg.Log, conns: proxy.NewTracker(), pods: make(map[string]*enrolled)}
+}
+
+// Connections is the open connections of every pod.
+func (m *Mesh) Connections() *proxy.Tracker { return m.conns }
+
+// netnsPath maps a netns path from cairn-cni (the node's path) to ours.
+func (m *Mesh) netnsPath(p string) string {
+	if m.cfg.NetnsDir == "" || filepath.Dir(p) == filepath.Clean(m.cfg.NetnsDir) {
+		return p
+	}
+	return filepath.Join(m.cfg.NetnsDir, filepath.Base(p))
+}
+
+// Capture implements nodeagent.Capturer.
+func (m *Mesh) Capture(ctx context.Context, pod nodeagent.Pod) error {
+	m.mu.Lock()
+	_, done := m.pods[string(pod.UID)]
+	m.mu.Unlock()
+	if done {
+		return nil
+	}
+	id, err := spiffe.New(m.cfg.TrustDomain, pod.Namespace, pod.ServiceAccount)
+	if err != nil {
+		return fmt.Errorf("identity of %s: %w", pod, err)
+	}
+	h, err := netns.Open(m.netnsPath(pod.Netns))
+	if err != nil {
+		return fmt.Errorf("pod %s: %w", pod, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = h.Close()
+		}
+	}()
+	opts := capture.DefaultOptions(pod.IPs...)
+	if gw, err := defaultGateway(h); err == nil {
+		// Kubelet probes come from the node's address on the pod network:
+		// the pod's gateway with bridge-like CNIs.
+		opts.ProbeSources = append(opts.ProbeSources, gw)
+	} else {
+		m.log.Warn("no default gateway in the pod: kubelet probes will be captured", "pod", pod.String(), "err", err)
+	}
+	if err := m.cfg.IPTables.Apply(ctx, h, opts); err != nil {
+		return fmt.Errorf("capture rules for %s: %w", pod, err)
+	}
+	if err := migrateRequests(h); err != nil {
+		m.log.Debug("tcp_migrate_req not set: a rolling update may reset connections that were being accepted", "pod", pod.String(), "err", err)
+	}
+	ls, err := capture.ListenConfig{ReusePort: true}.Listen(ctx, h)
+	if err != nil {
+		return fmt.Errorf("listeners in %s: %w", pod, err)
+	}
+	if err := m.cfg.Identities.Want(id); err != nil {
+		_ = ls.Close()
+		return fmt.Errorf("certificate for %s: %w", pod, err)
+	}
+	dialer := &capture.Dialer{Netns: h, Mark: opts.Mark}
+	p, err := proxy.Start(m.cfg.Proxy, proxy.Pod{
+		Namespace: pod.Namespace, Name: pod.Name, IPs: pod.IPs, Identity: id,
+		Dial: dialer.DialContext, OriginalDst: capture.OriginalDst,
+	}, proxy.Listeners{Outbound: ls.Outbound, Inbound: ls.Inbound, HBONE: ls.HBONE}, m.conns)
+	if err != nil {
+		m.cfg.Identities.Release(id)
+		_ = ls.Close()
+		return err
+	}
+	ok = true
+	m.mu.Lock()
+	m.pods[string(pod.UID)] = &enrolled{pod: pod, ns: h, id: id, proxy: p}
+	m.mu.Unlock()
+	return nil
+}
+
+// Release implements nodeagent.Capturer.
+func (m *Mesh) Release(ctx context.Context, pod nodeagent.Pod) error {
+	m.mu.Lock()
+	e := m.pods[string(pod.UID)]
+	delete(m.pods, string(pod.UID))
+	m.mu.Unlock()
+	if e == nil {
+		// Not ours (captured by an earlier ztunnel, say): remove the rules
+		// if the namespace is still there.
+		h, err := netns.Open(m.netnsPath(pod.Netns))
+		if errors.Is(err, fs.ErrNotExist) || pod.Netns == "" {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		return m.cfg.IPTables.Remove(ctx, h)
+	}
+	sctx, cancel := context.WithTimeout(ctx, m.cfg.ReleaseGrace)
+	err := e.proxy.Shutdown(sctx)
+	cancel()
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		m.log.Warn("closing the pod's proxy", "pod", pod.String(), "err", err)
+	}
+	m.cfg.Identities.Release(e.id)
+	defer e.ns.Close()
+	if err := m.cfg.IPTables.Remove(ctx, e.ns); err != nil {
+		return fmt.Errorf("removing the capture rules of %s: %w", pod, err)
+	}
+	return nil
+}
+
+// Stop closes every pod's proxy, letting connections finish until ctx
+// ends, and leaves the capture rules for the next ztunnel.
+func (m *Mesh) Stop(ctx context.Context) {
+	m.mu.Lock()
+	pods := m.pods
+	m.pods = make(map[string]*enrolled)
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, e := range pods {
+		wg.Go(func() {
+			if err := e.proxy.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+				m.log.Warn("draining the pod's proxy", "pod", e.pod.String(), "err", err)
+			}
+			_ = e.ns.Close()
+		})
+	}
+	wg.Wait()
+}
+
+// Pods lists the enrolled pods, for /config_dump.
+func (m *Mesh) Pods() []PodDump {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]PodDump, 0, len(m.pods))
+	for _, e := range m.pods {
+		out = append(out, PodDump{Pod: e.pod.String(), UID: string(e.pod.UID), Netns: e.ns.Path(), IPs: e.pod.IPs, Identity: e.id.String()})
+	}
+	return out
+}
+
+// PodDump describes one enrolled pod.
+type PodDump struct {
+	Pod      string       `json:"pod"`
+	UID      string       `json:"uid"`
+	Netns    string       `json:"netns"`
+	IPs      []netip.Addr `json:"ips"`
+	Identity string       `json:"identity"`
+}
