@@ -5,37 +5,97 @@
 package main
 
 import (
-	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cairnmesh/cairn/internal/version"
+	"github.com/cairnmesh/cairn/ztunnel/daemon"
 )
 
 func main() {
+	if err := command().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "ztunnel:", err)
+		os.Exit(1)
+	}
+}
+
+func command() *cobra.Command {
+	var cfg daemon.Config
+	var logLevel slog.Level
 	cmd := &cobra.Command{
 		Use:   "ztunnel",
 		Short: "Cairn's per-node zero-trust tunnel",
-		Long: `ztunnel runs once per node (a DaemonSet). It captures the TCP connections of
-enrolled pods inside each pod's network namespace and carries them over HBONE:
-HTTP/2 CONNECT in mutual TLS 1.3 on port 15008, authenticated with SPIFFE
-identities spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
+		Long: `ztunnel runs once per node (a DaemonSet, install/manifests/ztunnel.yaml). It
+captures the TCP connections of enrolled pods inside each pod's network
+namespace and carries them over HBONE: HTTP/2 CONNECT in mutual TLS 1.3 on port
+15008, authenticated with SPIFFE identities
+spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>, and enforces the
+L4 AuthorizationPolicies of the destination.
+
+It installs the cairn-cni plugin on its node, so that new pods are captured
+before their first packet, and captures pods that already run when their
+namespace is labelled istio.io/dataplane-mode=ambient (no restart needed).
+Workloads and policies come from istiod-lite over delta xDS; certificates from
+istiod-lite's CA, one per service account with pods on the node.
 
 Ports inside each enrolled pod: 15001 outbound, 15006 inbound plaintext,
-15008 inbound HBONE. On the node: 15000 admin (localhost), 15020 metrics,
-15021 readiness.`,
+15008 inbound HBONE. On the node: 15000 admin (localhost: /config_dump,
+/debug/connections), 15020 metrics (/metrics), 15021 readiness
+(/healthz/ready). One JSON access-log line per connection on standard output;
+ztunnel's own logs on standard error.
+
+On SIGTERM it reports not ready, keeps the pods' listeners open for
+--drain-handover so that a new ztunnel on the node takes them over
+(SO_REUSEPORT), then drains connections for up to --drain-timeout.`,
 		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return errors.New("the data plane is not implemented in this build yet (see README.md for what works today)")
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+			cfg.AccessLog = slog.New(slog.NewJSONHandler(os.Stdout, nil)).With("log", "access")
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cfg.Logger.Info("starting ztunnel", "version", version.Version(), "node", cfg.NodeName)
+			return daemon.Run(ctx, cfg)
 		},
 	}
-	if err := cmd.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "ztunnel:", err)
-		os.Exit(1)
+	f := cmd.Flags()
+	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty means the in-cluster configuration")
+	f.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	f.StringVar(&cfg.PodName, "pod-name", os.Getenv("POD_NAME"), "ztunnel's pod name, for its xDS node id (default $POD_NAME)")
+	f.StringVar(&cfg.Namespace, "namespace", envOr("POD_NAMESPACE", "cairn-system"), "ztunnel's namespace (default $POD_NAMESPACE)")
+	f.StringVar(&cfg.DaemonSet, "daemonset", "ztunnel", "ztunnel's DaemonSet: when it is gone at exit, cairn-cni is removed from the node")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of the mesh")
+	f.StringVar(&cfg.XDSAddress, "xds-address", "istiod.cairn-system.svc:15012", "istiod-lite's workload discovery (delta xDS) address")
+	f.StringVar(&cfg.CAAddress, "ca-address", "istiod.cairn-system.svc:15012", "istiod-lite's CA address")
+	f.StringVar(&cfg.ServerName, "server-name", "istiod.cairn-system.svc", "name in istiod-lite's certificate")
+	f.StringVar(&cfg.TokenFile, "token-file", "/var/run/secrets/tokens/istio-token", "projected ServiceAccount token (audience istio-ca) for xDS and the CA")
+	f.StringVar(&cfg.RootCert, "root-cert", "/var/run/secrets/istio/root-cert.pem", "the mesh's trust bundle (ConfigMap cairn-root-cert)")
+	f.StringVar(&cfg.NetnsDir, "netns-dir", "/var/run/netns", "where the node's pod network namespaces are mounted")
+	f.StringVar(&cfg.CNISocket, "cni-socket", "/var/run/cairn/cni.sock", "socket cairn-cni calls, as ztunnel sees it")
+	f.StringVar(&cfg.CNISocketHostPath, "cni-socket-host-path", "/var/run/cairn/cni.sock", "the same socket's path on the node (its hostPath volume path)")
+	f.StringVar(&cfg.CNIBinDir, "cni-bin-dir", "/host/opt/cni/bin", "the node's CNI plugin directory, as mounted")
+	f.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "/host/etc/cni/net.d", "the node's CNI configuration directory, as mounted")
+	f.StringVar(&cfg.CNIPlugin, "cni-plugin", daemon.DefaultCNIPlugin(), "the cairn-cni binary to install on the node")
+	f.StringVar(&cfg.AdminAddress, "admin-address", "127.0.0.1:15000", "admin server (/config_dump, /debug/connections)")
+	f.StringVar(&cfg.MetricsAddress, "metrics-address", ":15020", "Prometheus metrics server")
+	f.StringVar(&cfg.ReadinessAddress, "readiness-address", ":15021", "readiness server (/healthz/ready)")
+	f.DurationVar(&cfg.DrainHandover, "drain-handover", 3*time.Second, "after SIGTERM, how long the pods' listeners stay open for a new ztunnel to take over")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 20*time.Second, "after the handover, how long open connections may take to finish")
+	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	return cmd
+}
+
+func envOr(key, fallback string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
 	}
+	return fallback
 }

@@ -1,0 +1,349 @@
+// Package daemon assembles ztunnel: certificates, workload discovery, the
+// node agent and its CNI socket, the enrolled pods' proxies, and the
+// operator endpoints; Run runs them until its context ends, then drains.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/cairnmesh/cairn/internal/nodepath"
+	"github.com/cairnmesh/cairn/ztunnel/admin"
+	"github.com/cairnmesh/cairn/ztunnel/capture"
+	"github.com/cairnmesh/cairn/ztunnel/certs"
+	"github.com/cairnmesh/cairn/ztunnel/cni"
+	"github.com/cairnmesh/cairn/ztunnel/enroll"
+	"github.com/cairnmesh/cairn/ztunnel/nodeagent"
+	"github.com/cairnmesh/cairn/ztunnel/proxy"
+	"github.com/cairnmesh/cairn/ztunnel/state"
+	"github.com/cairnmesh/cairn/ztunnel/telemetry"
+	"github.com/cairnmesh/cairn/ztunnel/xdsclient"
+)
+
+// Config is ztunnel's configuration (its flags).
+type Config struct {
+	Kubeconfig  string
+	NodeName    string
+	PodName     string
+	Namespace   string // ztunnel's own, for the DaemonSet check on exit
+	DaemonSet   string // ztunnel's DaemonSet name
+	TrustDomain string
+
+	XDSAddress string // istiod-lite's xDS
+	CAAddress  string
+	ServerName string // of istiod-lite's certificate
+	TokenFile  string
+	RootCert   string
+
+	NetnsDir          string // the node's /var/run/netns, as mounted
+	CNISocket         string // our socket, as mounted
+	CNISocketHostPath string // the hostPath path of the socket's file
+	CNIBinDir         string // the node's CNI bin dir, as mounted
+	CNIConfDir        string // the node's CNI conf dir, as mounted
+	CNIPlugin         string // the cairn-cni binary to install
+
+	AdminAddress     string
+	MetricsAddress   string
+	ReadinessAddress string
+
+	// DrainHandover is how long listeners stay open after SIGTERM, so that
+	// a new ztunnel on the node takes over the pods' sockets; DrainTimeout
+	// bounds the connections' drain after that.
+	DrainHandover time.Duration
+	DrainTimeout  time.Duration
+
+	Logger    *slog.Logger
+	AccessLog *slog.Logger
+}
+
+// Run runs ztunnel until ctx ends, then drains and returns.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if cfg.NodeName == "" {
+		return errors.New("the node name is required (--node-name or $NODE_NAME)")
+	}
+	kube, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	node, err := waitNode(ctx, kube, cfg.NodeName, log)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rec, err := telemetry.NewRecorder(reg, cfg.AccessLog)
+	if err != nil {
+		return err
+	}
+	bundle, err := certs.NewBundle(certs.BundleConfig{Path: cfg.RootCert, TrustDomain: cfg.TrustDomain, Logger: log.With("component", "bundle")})
+	if err != nil {
+		return fmt.Errorf("trust bundle: %w", err)
+	}
+	mgr, err := certs.New(certs.Config{
+		Address: cfg.CAAddress, ServerName: cfg.ServerName, TokenFile: cfg.TokenFile, Bundle: bundle,
+		Logger: log.With("component", "certs"),
+	})
+	if err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
+	store := state.NewStore()
+	roots, err := xdsclient.LoadRootCAs(cfg.RootCert)
+	if err != nil {
+		return err
+	}
+	xds, err := xdsclient.New(xdsclient.Config{
+		Address: cfg.XDSAddress, ServerName: cfg.ServerName, RootCAs: roots, TokenFile: cfg.TokenFile,
+		TypeURLs: []string{xdsclient.AddressTypeURL, xdsclient.AuthorizationTypeURL},
+		Registry: xdsclient.WorkloadRegistry(), Handler: storeHandler{store},
+		NodeID: xdsclient.NodeID(cfg.NodeName, cfg.PodName, cfg.Namespace),
+		Logger: log.With("component", "xds"),
+	})
+	if err != nil {
+		return fmt.Errorf("xDS client: %w", err)
+	}
+	mesh := enroll.New(enroll.Config{
+		Proxy: proxy.Config{
+			Store: store, Certificates: identities{mgr}, Bundle: bundle, Telemetry: rec,
+			Log: log.With("component", "proxy"),
+		},
+		Identities: identities{mgr}, TrustDomain: cfg.TrustDomain, NetnsDir: cfg.NetnsDir,
+		IPTables: capture.IPTables{Log: log.With("component", "iptables")},
+		Log:      log.With("component", "enroll"),
+	})
+	agent, err := nodeagent.New(nodeagent.Config{
+		Node: cfg.NodeName, Kube: kube, Capturer: mesh,
+		FindNetns: func(ip netipAddr) (string, error) { return enroll.FindNetns(cfg.NetnsDir, ip) },
+		Log:       log.With("component", "nodeagent"),
+	})
+	if err != nil {
+		return err
+	}
+	install := cni.Install{
+		Binary: cfg.CNIPlugin, BinDir: cfg.CNIBinDir, ConfDir: cfg.CNIConfDir,
+		Socket: nodepath.OnNode(node.Annotations, cfg.CNISocketHostPath),
+	}
+
+	var drain admin.Draining
+	sources := admin.Sources{
+		ConfigDump: map[string]func() any{
+			"workloads":    func() any { return store.Snapshot() },
+			"certificates": func() any { return mgr.Dump() },
+			"bundle":       func() any { return bundle.Dump() },
+			"pods":         func() any { return mesh.Pods() },
+		},
+		Connections: func() any { return mesh.Connections().List() },
+		Ready: func() (bool, string) {
+			select {
+			case <-xds.Synced():
+			default:
+				return false, "waiting for the first workload discovery response from " + cfg.XDSAddress
+			}
+			if !agent.Synced() {
+				return false, "waiting to list the node's pods"
+			}
+			return true, ""
+		},
+	}
+
+	cniLn, err := cni.Listen(cfg.CNISocket)
+	if err != nil {
+		return err
+	}
+	servers := []*namedServer{
+		{name: "cni", ln: cniLn, srv: &http.Server{Handler: &cni.Server{Handler: agent, Log: log.With("component", "cni")}, ReadHeaderTimeout: 10 * time.Second}},
+	}
+	for _, s := range []struct {
+		name, addr string
+		h          http.Handler
+	}{
+		{"admin", cfg.AdminAddress, admin.AdminHandler(sources, log)},
+		{"metrics", cfg.MetricsAddress, admin.MetricsHandler(reg)},
+		{"readiness", cfg.ReadinessAddress, admin.ReadinessHandler(sources, &drain)},
+	} {
+		ln, err := listenReusePort(ctx, s.addr)
+		if err != nil {
+			closeAll(servers)
+			return fmt.Errorf("%s server: %w", s.name, err)
+		}
+		servers = append(servers, &namedServer{name: s.name, ln: ln, srv: &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}})
+	}
+
+	// Everything below runs until ctx ends; the mesh's proxies drain after.
+	runCtx, stopRun := context.WithCancel(context.Background())
+	defer stopRun()
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error { return bundle.Run(gctx) })
+	g.Go(func() error { return mgr.Run(gctx) })
+	g.Go(func() error { return xds.Run(gctx) })
+	g.Go(func() error { return agent.Run(gctx) })
+	g.Go(func() error { return keepInstalled(gctx, install, log) })
+	for _, s := range servers {
+		g.Go(func() error {
+			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("%s server: %w", s.name, err)
+			}
+			return nil
+		})
+	}
+	log.Info("ztunnel running", "node", cfg.NodeName, "xds", cfg.XDSAddress, "cni_socket_on_node", install.Socket)
+
+	select {
+	case <-ctx.Done():
+	case <-gctx.Done(): // a component failed
+	}
+	log.Info("draining", "handover", cfg.DrainHandover, "timeout", cfg.DrainTimeout)
+	drain.Set()
+	if gctx.Err() == nil {
+		time.Sleep(cfg.DrainHandover) // a successor binds the pods' ports meanwhile
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	mesh.Stop(dctx)
+	cancel()
+	if gone, err := daemonSetGone(kube, cfg.Namespace, cfg.DaemonSet); err == nil && gone {
+		// Uninstalled, not restarted: new pods must not wait for a
+		// ztunnel that will not come.
+		log.Info("the ztunnel DaemonSet is gone: removing cairn-cni from the node")
+		if err := install.Remove(); err != nil {
+			log.Warn("removing cairn-cni", "err", err)
+		}
+	}
+	stopRun()
+	for _, s := range servers {
+		_ = s.srv.Close()
+	}
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+type namedServer struct {
+	name string
+	ln   net.Listener
+	srv  *http.Server
+}
+
+func closeAll(servers []*namedServer) {
+	for _, s := range servers {
+		_ = s.ln.Close()
+	}
+}
+
+// listenReusePort listens with SO_REUSEPORT: during a rolling update the
+// new ztunnel (host network) binds the node's ports while the old one
+// still has them.
+func listenReusePort(ctx context.Context, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	return lc.Listen(ctx, "tcp", addr)
+}
+
+// keepInstalled chains cairn-cni into the node's CNI configuration, and
+// again whenever the cluster's CNI rewrites it.
+func keepInstalled(ctx context.Context, in cni.Install, log *slog.Logger) error {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	lastErr := ""
+	for {
+		changed, err := in.Ensure()
+		switch {
+		case err != nil && err.Error() != lastErr:
+			log.Warn("installing cairn-cni", "err", err)
+			lastErr = err.Error()
+		case err == nil && changed:
+			log.Info("cairn-cni chained into the node's CNI configuration", "conf_dir", in.ConfDir, "socket", in.Socket)
+			lastErr = ""
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("Kubernetes client configuration: %w", err)
+	}
+	return kubernetes.NewForConfig(rc)
+}
+
+// waitNode reads ztunnel's Node, retrying while the API server is away.
+func waitNode(ctx context.Context, kube kubernetes.Interface, name string, log *slog.Logger) (*corev1.Node, error) {
+	for delay := 200 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
+		node, err := kube.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			return node, nil
+		}
+		log.Warn("reading this node; retrying", "node", name, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("reading node %s: %w", name, err)
+		case <-time.After(delay):
+		}
+	}
+}
+
+// daemonSetGone says whether ztunnel's DaemonSet was deleted (an
+// uninstall), as opposed to a restart or an update.
+func daemonSetGone(kube kubernetes.Interface, ns, name string) (bool, error) {
+	if name == "" {
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	ds, err := kube.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return ds.DeletionTimestamp != nil, nil
+}
+
+// DefaultCNIPlugin is the cairn-cni binary next to ztunnel's own.
+func DefaultCNIPlugin() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "/usr/local/bin/cairn-cni"
+	}
+	return filepath.Join(filepath.Dir(exe), "cairn-cni")
+}
