@@ -193,13 +193,16 @@ func rootRules() string {
 	return b.String()
 }
 
-// buildBinaries builds the lab command into dir, and the echo server and
-// istiod-lite into <repo>/bin, where images cairn/<name> find them.
+// buildBinaries builds the lab command into dir, and the echo server,
+// istiod-lite, ztunnel and cairn-cni into <repo>/bin, where images
+// cairn/<name> find them.
 func buildBinaries(repo, dir string) error {
 	for _, b := range []struct{ out, pkg string }{
 		{dir + "/", "./integration/cmd/lab"},
 		{filepath.Join(repo, "bin") + "/", "./integration/apps/echo/cmd/echoserver"},
 		{filepath.Join(repo, "bin") + "/", "./istiod-lite/cmd/istiod-lite"},
+		{filepath.Join(repo, "bin") + "/", "./ztunnel/cmd/ztunnel"},
+		{filepath.Join(repo, "bin") + "/", "./ztunnel/cmd/cairn-cni"},
 	} {
 		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
 		cmd.Dir = repo
