@@ -247,4 +247,3 @@ func connect(t *testing.T, ca *pki.CA, id spiffe.Identity, addr string, authorit
 	resp.Body.Close()
 	return resp.StatusCode, nil
 }
-
