@@ -6,7 +6,7 @@
 #   make lint       gofmt, go vet, staticcheck
 #   make generate   protobuf, deepcopy, CRD YAML, clientset/informers/listers
 #   make k8s-bins   etcd and the Kubernetes binaries for tests, into bin/k8s
-#   make demo       the lab with a sample application (the mesh joins as it lands)
+#   make demo       the lab with a sample application, then the mesh (istiod-lite, ztunnel)
 #   make bench      Go benchmarks (speed and memory targets)
 
 SHELL := /usr/bin/env bash

@@ -19,7 +19,8 @@ type fortioResult struct {
 // connections to the other node's echo pod at a steady rate (fortio,
 // keep-alive off), every ztunnel is replaced by a rolling restart. The new
 // ztunnel takes each pod's listeners over (SO_REUSEPORT) before the old
-// one drains, so no connection fails.
+// one drains, so no connection fails; and the new ztunnels capture the
+// pods created afterwards.
 func TestZtunnelRollingRestartFailsNoConnection(t *testing.T) {
 	setup(t)
 	ns, echo2IP, _ := meshedApp(t)
@@ -56,6 +57,21 @@ func TestZtunnelRollingRestartFailsNoConnection(t *testing.T) {
 				t.Fatalf("ztunnel %s was not replaced", a.Name)
 			}
 		}
+	}
+
+	// The new ztunnels answer cairn-cni: a pod created now starts, captured.
+	apply(t, ns, `
+apiVersion: v1
+kind: Pod
+metadata: {name: late, labels: {app: late}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: late, image: "cairn/echoserver:latest"}
+`)
+	waitPods(t, ns, "app=late", 1)
+	if !captured(t, ns, "late") {
+		t.Error("a pod created after the rolling restart was not captured")
 	}
 
 	res := <-done

@@ -140,3 +140,29 @@ func TestServerRefusesMalformedRequests(t *testing.T) {
 		t.Errorf("a good request: %v %q", err, out)
 	}
 }
+
+// TestNewZtunnelKeepsTheSocketWhenTheOldOneCloses: in a rolling update the
+// new ztunnel binds the socket path while the old one still listens; the
+// old one closing its listener must leave the new one reachable.
+func TestNewZtunnelKeepsTheSocketWhenTheOldOneCloses(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "cni.sock")
+	old, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := &fakeZtunnel{capture: true}
+	ln, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: &Server{Handler: z, Log: slog.New(slog.DiscardHandler)}}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close(); <-done })
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmdAdd(args(sock)); err != nil {
+		t.Fatalf("ADD after the old ztunnel closed its listener: %v", err)
+	}
+}

@@ -95,8 +95,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// Listen opens the unix socket at path, replacing a stale one, readable
-// and writable by root only.
+// Listen opens the unix socket at path, replacing the file of an earlier
+// ztunnel, readable and writable by root only. Closing the listener leaves
+// the file (it may be a newer ztunnel's by then).
 func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("creating the CNI socket's directory: %w", err)
@@ -104,10 +105,14 @@ func Listen(path string) (net.Listener, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("removing a stale CNI socket: %w", err)
 	}
-	ln, err := net.Listen("unix", path)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listening on the CNI socket: %w", err)
 	}
+	// During a rolling update the new ztunnel has replaced the file by the
+	// time the old one closes its listener: the old one must not remove
+	// the new one's socket.
+	ln.SetUnlinkOnClose(false)
 	if err := os.Chmod(path, 0o600); err != nil {
 		_ = ln.Close()
 		return nil, fmt.Errorf("restricting the CNI socket: %w", err)
