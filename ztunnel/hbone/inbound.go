@@ -43,14 +43,19 @@ func (h *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Err: fmt.Errorf("%v is not an address of this pod", dst.Addr())})
 		return
 	}
+	// The tunnel's own context: Authorize may keep it, and end the tunnel
+	// later through Revoke (a policy that no longer allows it).
+	ctx, revoke := context.WithCancelCause(r.Context())
+	defer revoke(nil)
+	ctx = context.WithValue(ctx, revokeKey{}, revoke)
 	if authorize := h.s.cfg.Authorize; authorize != nil {
-		if err := authorize(r.Context(), h.peer, dst); err != nil {
+		if err := authorize(ctx, h.peer, dst); err != nil {
 			h.refuse(w, Refusal{Destination: dst, Status: http.StatusForbidden, Reason: ReasonDenied, Err: err})
 			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.s.cfg.DialTimeout)
-	app, err := h.s.cfg.Dial(ctx, "tcp", dst.String())
+	dctx, cancel := context.WithTimeout(ctx, h.s.cfg.DialTimeout)
+	app, err := h.s.cfg.Dial(dctx, "tcp", dst.String())
 	cancel()
 	if err != nil {
 		h.refuse(w, Refusal{Destination: dst, Status: http.StatusServiceUnavailable, Reason: ReasonDial,
@@ -62,7 +67,10 @@ func (h *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	conn := Connection{Peer: h.peer, Destination: dst}
 	start := time.Now()
 	h.s.obs.Opened(conn)
-	tr, err := h.proxy(w, r, app)
+	tr, err := h.proxy(ctx, w, r, app)
+	if cause := context.Cause(ctx); errors.Is(cause, ErrRevoked) {
+		err = cause
+	}
 	tr.Duration = time.Since(start)
 	h.s.obs.Closed(conn, tr)
 	h.s.log.Info("connection closed",
@@ -89,15 +97,16 @@ func (h *inbound) refuse(w http.ResponseWriter, r Refusal) {
 // application has finished sending, whatever the client still sends is
 // discarded (the server resets the stream with NO_ERROR, as RFC 9113
 // section 8.1 allows after a complete response).
-func (h *inbound) proxy(w http.ResponseWriter, r *http.Request, app net.Conn) (Traffic, error) {
+func (h *inbound) proxy(ctx context.Context, w http.ResponseWriter, r *http.Request, app net.Conn) (Traffic, error) {
 	rc := http.NewResponseController(w)
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
 		return Traffic{}, fmt.Errorf("sending 200: %w", err)
 	}
-	// The stream's context ends when the client resets the stream or the
-	// connection goes away; the application connection must not outlive it.
-	stop := context.AfterFunc(r.Context(), func() { app.Close() })
+	// The tunnel's context ends when the client resets the stream, the
+	// connection goes away or the tunnel is revoked; the application
+	// connection must not outlive it.
+	stop := context.AfterFunc(ctx, func() { app.Close() })
 	defer stop()
 
 	var up struct {
@@ -171,4 +180,21 @@ func parseAuthority(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf(":authority %q has port 0", s)
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// ErrRevoked is why a tunnel ended when Revoke ended it.
+var ErrRevoked = errors.New("hbone: tunnel revoked")
+
+type revokeKey struct{}
+
+// Revoke ends the tunnel whose context (the one ServerConfig.Authorize
+// received) is ctx: the application connection is closed and the stream
+// ends. It reports whether ctx belonged to a tunnel. ztunnel uses it to
+// close connections that a changed policy no longer allows.
+func Revoke(ctx context.Context) bool {
+	f, ok := ctx.Value(revokeKey{}).(context.CancelCauseFunc)
+	if ok {
+		f(ErrRevoked)
+	}
+	return ok
 }

@@ -441,3 +441,38 @@ func TestNewServerValidates(t *testing.T) {
 		t.Errorf("valid config: %v", err)
 	}
 }
+
+// TestRevokeEndsAnOpenTunnel: the context Authorize received ends the
+// tunnel through Revoke (a policy that changed): the client sees the end,
+// the application connection closes, and the tunnel is reported closed.
+func TestRevokeEndsAnOpenTunnel(t *testing.T) {
+	var mu sync.Mutex
+	var tunnels []context.Context
+	e := newEnv(t, func(_ *env, s *hbone.ServerConfig, _ *hbone.PoolConfig) {
+		s.Authorize = func(ctx context.Context, _ hbone.Peer, _ netip.AddrPort) error {
+			mu.Lock()
+			defer mu.Unlock()
+			tunnels = append(tunnels, ctx)
+			return nil
+		}
+	})
+	tun := e.dial(t)
+	defer tun.Close()
+	if got := roundTrip(t, tun, []byte("before")); string(got) != "before" {
+		t.Fatalf("echo %q", got)
+	}
+	mu.Lock()
+	ctx := tunnels[0]
+	mu.Unlock()
+	if hbone.Revoke(context.Background()) {
+		t.Error("Revoke claimed a context that is no tunnel's")
+	}
+	if !hbone.Revoke(ctx) {
+		t.Fatal("Revoke did not know the tunnel's context")
+	}
+	buf := make([]byte, 16)
+	if n, err := tun.Read(buf); err == nil {
+		t.Errorf("read %q after revocation, want the end of the tunnel", buf[:n])
+	}
+	eventually(t, "the revoked tunnel reported closed", func() bool { return len(e.obs.Closes()) == 1 })
+}

@@ -19,6 +19,9 @@ import (
 // errDenied is an authorization refusal.
 var errDenied = errors.New("denied by authorization policy")
 
+// errRevoked ends a connection that a changed policy no longer allows.
+var errRevoked = errors.New("closed: the destination's policy no longer allows it")
+
 // authorize applies the destination workload's L4 policies to a
 // connection. A workload that lists policies this ztunnel has not
 // received yet waits for them (bounded), then fails closed.
@@ -60,11 +63,19 @@ func (p *Proxy) waitPolicies(ctx context.Context, w *workloadv1.Workload, snap *
 }
 
 // authorizeHBONE is the HBONE server's authorization hook.
+// An allowed tunnel stays under guard (re-checked on every configuration
+// change) for as long as its context lives.
 func (p *Proxy) authorizeHBONE(ctx context.Context, peer hbone.Peer, dst netip.AddrPort) error {
-	return p.authorize(ctx, authz.Conn{
+	c := authz.Conn{
 		SourceIdentity: peer.Identity, SourceIP: peer.Addr.Addr(),
 		DestinationIP: dst.Addr(), DestinationPort: dst.Port(), Mesh: true,
-	})
+	}
+	if err := p.authorize(ctx, c); err != nil {
+		return err
+	}
+	remove := p.guard.add(c, func() { hbone.Revoke(ctx) })
+	context.AfterFunc(ctx, remove)
+	return nil
 }
 
 // inboundPlain carries a plaintext connection from outside the mesh to the
@@ -80,7 +91,8 @@ func (p *Proxy) inboundPlain(conn net.Conn) {
 	src := addrPortOf(conn.RemoteAddr())
 	rec := p.inboundRecord(src, spiffe.Identity{}, dst)
 	rec.Security = telemetry.None
-	if err := p.authorize(ctx, authz.Conn{SourceIP: src.Addr(), DestinationIP: dst.Addr(), DestinationPort: dst.Port()}); err != nil {
+	ac := authz.Conn{SourceIP: src.Addr(), DestinationIP: dst.Addr(), DestinationPort: dst.Port()}
+	if err := p.authorize(ctx, ac); err != nil {
 		rec.Err, rec.Flags = err, "DENY"
 		p.cfg.Telemetry.Close(rec)
 		reset(conn)
@@ -97,7 +109,13 @@ func (p *Proxy) inboundPlain(conn net.Conn) {
 	done := p.conns.add(ConnInfo{Pod: p.pod.Namespace + "/" + p.pod.Name, Direction: "inbound-plaintext",
 		Source: src.String(), Destination: dst.String(), Via: "plaintext"})
 	defer done()
+	ctx, revoke := context.WithCancelCause(ctx)
+	defer revoke(nil)
+	defer p.guard.add(ac, func() { revoke(errRevoked) })()
 	sent, received, err := splice(ctx, conn, upstream)
+	if errors.Is(context.Cause(ctx), errRevoked) {
+		err, rec.Flags = errRevoked, "DENY"
+	}
 	rec.Sent, rec.Received, rec.Err = uint64(sent), uint64(received), err
 	p.cfg.Telemetry.Close(rec)
 }

@@ -149,9 +149,12 @@ func TestPlaintextInbound(t *testing.T) {
 			NotPrincipals: []*workloadv1.StringMatch{{MatchType: &workloadv1.StringMatch_Presence{Presence: &workloadv1.Presence{}}}},
 		}}}}}}}
 	h.apply(state.AuthorizationTypeURL, map[string]proto.Message{"shop/converted_peer_authentication_strict": strict})
-	c, r = dial()
-	if !closedWithoutData(c, r) {
-		t.Fatal("plaintext reached the app under STRICT")
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ipOut.AsSlice()}, Timeout: 5 * time.Second}
+	if c, err := d.Dial("tcp", h.inbound.String()); err == nil { // else reset before connect returned: refused
+		defer c.Close()
+		if !closedWithoutData(c, bufio.NewReader(c)) {
+			t.Fatal("plaintext reached the app under STRICT")
+		}
 	}
 	// Mesh traffic still passes.
 	c, r = h.connect(netip.AddrPortFrom(ipB, appPort))
@@ -184,5 +187,47 @@ func TestUnknownServicePortFails(t *testing.T) {
 	defer c.Close()
 	if !closedWithoutData(c, bufio.NewReader(c)) {
 		t.Fatal("a connection to an unknown service port delivered data")
+	}
+}
+
+// TestPolicyChangeClosesOpenConnections: a connection that was allowed is
+// closed when a policy that denies it arrives, over HBONE and plaintext.
+func TestPolicyChangeClosesOpenConnections(t *testing.T) {
+	h := startHarness(t, true)
+	c, r := h.connect(netip.AddrPortFrom(ipB, appPort))
+	if _, err := roundTrip(t, c, r); err != nil {
+		t.Fatal(err)
+	}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ipOut.AsSlice()}, Timeout: 5 * time.Second}
+	plain, err := d.Dial("tcp", h.inbound.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	pr := bufio.NewReader(plain)
+	if _, err := roundTrip(t, plain, pr); err != nil {
+		t.Fatal(err)
+	}
+
+	deny := denyFrontend()
+	h.apply(state.AuthorizationTypeURL, map[string]proto.Message{"shop/deny-frontend": deny})
+	if !closedWithoutData(c, r) {
+		t.Error("the HBONE connection survived a policy that denies it")
+	}
+	// The plaintext client is not frontend: it stays open...
+	if _, err := plain.Write([]byte("still-there\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := pr.ReadString('\n'); err != nil || got != "still-there\n" {
+		t.Fatalf("plaintext connection after an unrelated policy: %q, %v", got, err)
+	}
+	// ...until a STRICT policy denies plaintext.
+	strict := &workloadv1.Authorization{Name: "converted_peer_authentication_strict", Namespace: "shop", Scope: workloadv1.Scope_NAMESPACE,
+		Action: workloadv1.Action_DENY, Rules: []*workloadv1.Rule{{Clauses: []*workloadv1.Clause{{Matches: []*workloadv1.Match{{
+			NotPrincipals: []*workloadv1.StringMatch{{MatchType: &workloadv1.StringMatch_Presence{Presence: &workloadv1.Presence{}}}},
+		}}}}}}}
+	h.apply(state.AuthorizationTypeURL, map[string]proto.Message{"shop/converted_peer_authentication_strict": strict})
+	if !closedWithoutData(plain, pr) {
+		t.Error("the plaintext connection survived STRICT")
 	}
 }

@@ -72,6 +72,7 @@ type Proxy struct {
 	server *hbone.Server
 	ls     Listeners
 	conns  *Tracker
+	guard  guard
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -130,6 +131,7 @@ func Start(cfg Config, pod Pod, ls Listeners, conns *Tracker) (*Proxy, error) {
 			log.Error("HBONE listener failed", "err", err)
 		}
 	})
+	p.wg.Go(p.recheck)
 	p.wg.Go(func() { p.acceptLoop(ls.Outbound, p.outbound) })
 	p.wg.Go(func() { p.acceptLoop(ls.Inbound, p.inboundPlain) })
 	return p, nil
