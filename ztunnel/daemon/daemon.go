@@ -300,7 +300,7 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		rc, err = rest.InClusterConfig()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("Kubernetes client configuration: %w", err)
+		return nil, fmt.Errorf("the Kubernetes client configuration: %w", err)
 	}
 	return kubernetes.NewForConfig(rc)
 }

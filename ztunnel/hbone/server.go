@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 HBONE is built on golang.org/x/net/http2 (a required library), whose types v0.62 marks deprecated in favour of net/http
+
 package hbone
 
 import (
