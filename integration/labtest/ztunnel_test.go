@@ -207,3 +207,40 @@ func TestAmbientNamespaceTrafficIsMeshed(t *testing.T) {
 		t.Errorf("plain namespace traffic: %v", err)
 	}
 }
+
+// TestControlPlaneDownKeepsTheMeshServing: with istiod-lite scaled to zero,
+// the ztunnels keep their last configuration and certificates: new
+// connections by pod IP and by Service name still work, across nodes.
+func TestControlPlaneDownKeepsTheMeshServing(t *testing.T) {
+	setup(t)
+	ns, echo2IP, _ := meshedApp(t)
+	ctx := testContext(t)
+	scale := func(n int) {
+		t.Helper()
+		if _, err := kubectl(ctx, "-n", "cairn-system", "scale", "deployment/istiod-lite", fmt.Sprintf("--replicas=%d", n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scale(0)
+	t.Cleanup(func() {
+		scale(1)
+		waitPods(t, "cairn-system", "app=istiod-lite", 1)
+	})
+	eventually(t, 60*time.Second, "istiod-lite gone", func() error {
+		pods, err := client.CoreV1().Pods("cairn-system").List(ctx, metav1.ListOptions{LabelSelector: "app=istiod-lite"})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) > 0 {
+			return fmt.Errorf("%d istiod-lite pods left", len(pods.Items))
+		}
+		return nil
+	})
+	for _, url := range []string{"http://" + echo2IP + ":8080/", "http://echo/"} {
+		for range 3 {
+			if _, err := curlEcho(t, ns, "client", url); err != nil {
+				t.Fatalf("%s with the control plane down: %v", url, err)
+			}
+		}
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -146,7 +147,13 @@ func Run(ctx context.Context, cfg Config) error {
 				ClientCAs:      roots,
 			}, nil
 		},
-	})))
+	})),
+		// ztunnels ping every 30 s to notice a dead connection (a node gone,
+		// a network cut) in seconds rather than with TCP's minutes; allow
+		// that, and ping idle clients ourselves.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+	)
 	caServer.Register(grpcServer)
 	xdsServer.Register(grpcServer)
 
