@@ -6,6 +6,7 @@ import (
 	"time"
 
 	cav1 "github.com/cairnmesh/cairn/apis/ca/v1"
+	"github.com/cairnmesh/cairn/internal/retry"
 )
 
 // renewJitter is the share of a certificate's lifetime by which renewal
@@ -23,7 +24,7 @@ const renewJitter = 0.05
 // runs on the node any more. The certificate it has stays in use until it
 // is dropped.
 func (m *Manager) maintain(ctx context.Context, client cav1.CertificateServiceClient, e *entry) {
-	bo := backoff{base: m.cfg.BackoffBase, max: m.cfg.BackoffMax, jitter: m.jitter}
+	bo := retry.Backoff{Base: m.cfg.BackoffBase, Max: m.cfg.BackoffMax, Jitter: m.jitter}
 	// A worker starts with its entry, before any certificate: the first
 	// attempt is at once.
 	var next time.Time
@@ -81,7 +82,7 @@ func (m *Manager) needsNewChain(e *entry) bool {
 
 // attempt obtains a certificate for e once and returns when to try next:
 // at renewal time after a success, after a back-off after a failure.
-func (m *Manager) attempt(ctx context.Context, client cav1.CertificateServiceClient, e *entry, bo *backoff) time.Time {
+func (m *Manager) attempt(ctx context.Context, client cav1.CertificateServiceClient, e *entry, bo *retry.Backoff) time.Time {
 	e.setFetching(true)
 	started := m.clock.Now()
 	svid, reason, err := m.fetch(ctx, client, e.id)
@@ -91,7 +92,7 @@ func (m *Manager) attempt(ctx context.Context, client cav1.CertificateServiceCli
 		return now // shutting down: not a failure of the CA
 	}
 	if err != nil {
-		delay := bo.next()
+		delay := bo.Next()
 		next := now.Add(delay)
 		e.recordFailure(err, next)
 		m.obs.Failed(e.id, reason, err, delay)
@@ -102,7 +103,7 @@ func (m *Manager) attempt(ctx context.Context, client cav1.CertificateServiceCli
 		m.log.Warn("obtaining certificate failed", attrs...)
 		return next
 	}
-	bo.reset()
+	bo.Reset()
 	leaf := leafOf(svid)
 	renewAt := renewTime(leaf, started, m.jitter())
 	m.install(e, svid, renewAt)

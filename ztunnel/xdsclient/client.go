@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/cairnmesh/cairn/internal/retry"
 	"github.com/cairnmesh/cairn/internal/version"
 )
 
@@ -115,7 +116,7 @@ func (c *Client) Run(ctx context.Context) error {
 	defer conn.Close()
 	ads := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn)
 
-	bo := newBackoff(c.cfg.BackoffBase, c.cfg.BackoffMax)
+	bo := &retry.Backoff{Base: c.cfg.BackoffBase, Max: c.cfg.BackoffMax}
 	for {
 		lived, err := c.stream(ctx, ads)
 		if ctx.Err() != nil {
@@ -123,12 +124,12 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		if lived >= c.cfg.StableAfter {
-			bo.reset()
+			bo.Reset()
 		}
-		delay := bo.next()
+		delay := bo.Next()
 		c.log.Warn("xDS stream failed, retrying", "address", c.cfg.Address, "err", err,
-			"connected_for", lived.Round(time.Millisecond), "failures", bo.failures, "retry_in", delay.Round(time.Millisecond))
-		c.obs.Retrying(bo.failures, delay, err)
+			"connected_for", lived.Round(time.Millisecond), "failures", bo.Failures(), "retry_in", delay.Round(time.Millisecond))
+		c.obs.Retrying(bo.Failures(), delay, err)
 		if !sleep(ctx, delay) {
 			c.log.Info("xDS client stopped")
 			return nil
