@@ -1,5 +1,5 @@
 // Package admin serves ztunnel's operator endpoints: the admin port
-// (localhost only: /config_dump, /debug/connections), the readiness port
+// (localhost only: /config_dump, /debug/connections, /debug/pprof/), the readiness port
 // (/healthz/ready, for the kubelet) and the metrics port (/metrics, for
 // Prometheus).
 package admin
@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,6 +48,13 @@ func AdminHandler(src Sources, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /debug/connections", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, map[string]any{"connections": src.Connections()}, log)
 	})
+	// Go's profiles, for finding where a proxy spends its CPU and memory
+	// (the admin port listens on localhost only).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

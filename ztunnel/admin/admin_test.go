@@ -69,3 +69,10 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("/metrics: %d %s", code, body)
 	}
 }
+
+func TestProfiles(t *testing.T) {
+	h := AdminHandler(Sources{}, slog.New(slog.DiscardHandler))
+	if code, body := get(t, h, "/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
+		t.Errorf("/debug/pprof/: %d", code)
+	}
+}

@@ -46,7 +46,7 @@ istiod-lite's CA, one per service account with pods on the node.
 
 Ports inside each enrolled pod: 15001 outbound, 15006 inbound plaintext,
 15008 inbound HBONE. On the node: 15000 admin (localhost: /config_dump,
-/debug/connections), 15020 metrics (/metrics), 15021 readiness
+/debug/connections, /debug/pprof/), 15020 metrics (/metrics), 15021 readiness
 (/healthz/ready). One JSON access-log line per connection on standard output;
 ztunnel's own logs on standard error.
 
@@ -84,7 +84,7 @@ On SIGTERM it reports not ready, keeps the pods' listeners open for
 	f.StringVar(&cfg.CNIBinDir, "cni-bin-dir", "/host/opt/cni/bin", "the node's CNI plugin directory, as mounted")
 	f.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "/host/etc/cni/net.d", "the node's CNI configuration directory, as mounted")
 	f.StringVar(&cfg.CNIPlugin, "cni-plugin", daemon.DefaultCNIPlugin(), "the cairn-cni binary to install on the node")
-	f.StringVar(&cfg.AdminAddress, "admin-address", "127.0.0.1:15000", "admin server (/config_dump, /debug/connections)")
+	f.StringVar(&cfg.AdminAddress, "admin-address", "127.0.0.1:15000", "admin server (/config_dump, /debug/connections, /debug/pprof/)")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", ":15020", "Prometheus metrics server")
 	f.StringVar(&cfg.ReadinessAddress, "readiness-address", ":15021", "readiness server (/healthz/ready)")
 	f.DurationVar(&cfg.DrainHandover, "drain-handover", 3*time.Second, "after SIGTERM, how long the pods' listeners stay open for a new ztunnel to take over")
