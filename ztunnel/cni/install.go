@@ -1,12 +1,15 @@
 package cni
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 )
@@ -18,6 +21,8 @@ type Install struct {
 	BinDir  string // the node's CNI bin directory, e.g. /opt/cni/bin
 	ConfDir string // the node's CNI configuration directory, e.g. /etc/cni/net.d
 	Socket  string // ztunnel's socket as the plugin (on the node) sees it
+
+	matched binStamp // the files' stamps when last found identical
 }
 
 // Ensure copies the binary (when it differs) and chains the plugin into
@@ -25,7 +30,7 @@ type Install struct {
 // runtime picks it. It changes nothing that is already right, so ztunnel
 // calls it again whenever the cluster's CNI may have rewritten its file.
 // It reports whether it changed the configuration.
-func (in Install) Ensure() (bool, error) {
+func (in *Install) Ensure() (bool, error) {
 	if err := in.copyBinary(); err != nil {
 		return false, err
 	}
@@ -153,17 +158,74 @@ func replaceFile(path string, data []byte, mode os.FileMode) error {
 }
 
 // copyBinary installs the plugin binary unless an identical one is there.
-func (in Install) copyBinary() error {
-	src, err := os.ReadFile(in.Binary)
+// The comparison streams both files through a hash (the plugin is about
+// 10 MB and Ensure runs every few seconds: reading both whole would be
+// most of ztunnel's allocations), and is skipped while neither file's size
+// and modification time changed since the last time they matched.
+func (in *Install) copyBinary() error {
+	src, err := os.Stat(in.Binary)
 	if err != nil {
 		return fmt.Errorf("reading the plugin binary: %w", err)
 	}
 	dst := filepath.Join(in.BinDir, PluginType)
-	if cur, err := os.ReadFile(dst); err == nil && slices.Equal(cur, src) {
-		return nil
+	cur, err := os.Stat(dst)
+	if err == nil {
+		stamp := binStamp{src.Size(), src.ModTime(), cur.Size(), cur.ModTime()}
+		if stamp == in.matched {
+			return nil
+		}
+		if src.Size() == cur.Size() {
+			same, err := sameContent(in.Binary, dst)
+			if err != nil {
+				return err
+			}
+			if same {
+				in.matched = stamp
+				return nil
+			}
+		}
 	}
 	if err := os.MkdirAll(in.BinDir, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", in.BinDir, err)
 	}
-	return replaceFile(dst, src, 0o755)
+	data, err := os.ReadFile(in.Binary)
+	if err != nil {
+		return fmt.Errorf("reading the plugin binary: %w", err)
+	}
+	return replaceFile(dst, data, 0o755)
+}
+
+// binStamp is what copyBinary remembers of two files found identical.
+type binStamp struct {
+	srcSize int64
+	srcTime time.Time
+	dstSize int64
+	dstTime time.Time
+}
+
+func sameContent(a, b string) (bool, error) {
+	ha, err := fileHash(a)
+	if err != nil {
+		return false, err
+	}
+	hb, err := fileHash(b)
+	if err != nil {
+		return false, err
+	}
+	return ha == hb, nil
+}
+
+func fileHash(path string) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	f, err := os.Open(path)
+	if err != nil {
+		return sum, fmt.Errorf("reading %s: %w", path, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return sum, fmt.Errorf("reading %s: %w", path, err)
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, nil
 }

@@ -112,3 +112,32 @@ func TestEnsureWithoutConfiguration(t *testing.T) {
 		t.Errorf("Ensure with a .conf: %v", err)
 	}
 }
+
+// TestEnsureReplacesAChangedBinary: a new plugin binary (same size,
+// other content, as a rebuilt binary can be) replaces the installed one,
+// and so does an installed one that was changed by hand.
+func TestEnsureReplacesAChangedBinary(t *testing.T) {
+	in, _ := installFixture(t)
+	if _, err := in.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	installed := filepath.Join(in.BinDir, "cairn-cni")
+	if err := os.WriteFile(in.Binary, []byte("#!plugin v2"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(installed); string(b) != "#!plugin v2" {
+		t.Errorf("installed %q after the binary changed, want v2", b)
+	}
+	if err := os.WriteFile(installed, []byte("#!tampered"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(installed); string(b) != "#!plugin v2" {
+		t.Errorf("installed %q after it was changed by hand, want v2 again", b)
+	}
+}
