@@ -103,11 +103,17 @@ test-unit: tools
 	$(GO) test -race $(UNIT_PKGS)
 
 # Benchmarks: speed and memory targets are checked here, never by timed
-# tests. Those of the lab need root, as the lab does.
+# tests. Those of the lab need root, as the lab does; the data-path one
+# (integration/benchlab) runs Debian's haproxy and iperf3 as pods.
 .PHONY: bench
-bench: tools k8s-bins lab-bins
+bench: tools k8s-bins lab-bins bench-deps
 	K8S_ASSETS=$(K8S_BIN) $(GO) test -run '^$$' -bench . -benchtime 10x \
 	  $$(grep -rl --include='*_test.go' '^func Benchmark' . | xargs -r -n1 dirname | sort -u)
+
+.PHONY: bench-deps
+bench-deps:
+	$(call apt-need,/usr/sbin/haproxy,haproxy)
+	$(call apt-need,/usr/bin/iperf3,iperf3)
 
 .PHONY: lint
 lint: $(TOOLS)/.staticcheck-$(STATICCHECK_VERSION)

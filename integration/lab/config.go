@@ -63,6 +63,11 @@ type Config struct {
 	// as. Default: this executable if it is the lab command, else
 	// <RepoDir>/bin/lab.
 	LabBinary string `json:"labBinary"`
+	// Images maps further image references to host binaries for every
+	// node's kubelet (its --image flags; see kubelet.Config.Images), e.g.
+	// "haproxy" -> /usr/sbin/haproxy, so a benchmark can run a Debian
+	// program as a pod. Images cairn/<name> need no entry.
+	Images map[string]string `json:"images,omitempty"`
 
 	// Logger receives progress messages. Default: discard.
 	Logger *slog.Logger `json:"-"`

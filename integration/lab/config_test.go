@@ -160,6 +160,12 @@ func TestKubeletArgs(t *testing.T) {
 			t.Errorf("kubelet args %v lack %s", args, want)
 		}
 	}
+
+	c.Images = map[string]string{"haproxy": "/usr/sbin/haproxy", "networkstatic/iperf3": "/usr/bin/iperf3"}
+	args = kubeletArgs(c, 1)
+	if got := args[len(args)-2:]; !slices.Equal(got, []string{"--image=haproxy=/usr/sbin/haproxy", "--image=networkstatic/iperf3=/usr/bin/iperf3"}) {
+		t.Errorf("kubelet image args: %v", got)
+	}
 }
 
 func TestUnescapeMountPath(t *testing.T) {

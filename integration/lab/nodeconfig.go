@@ -3,8 +3,10 @@ package lab
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -121,7 +123,7 @@ iptables:
 // integration/lab/kubelet.Command).
 func kubeletArgs(c Config, i int) []string {
 	f := c.nodeFiles(i)
-	return []string{
+	args := []string{
 		"kubelet",
 		"--node-name=" + NodeName(i),
 		"--node-ip=" + c.NodeAddr(i).Addr().String(),
@@ -139,6 +141,10 @@ func kubeletArgs(c Config, i int) []string {
 		"--client-ca-file=" + f.CACert,
 		"--cgroup-parent=" + c.CgroupParent(i),
 	}
+	for _, image := range slices.Sorted(maps.Keys(c.Images)) {
+		args = append(args, "--image="+image+"="+c.Images[image])
+	}
+	return args
 }
 
 // KubeletPort is the kubelet API's port on each node IP.
