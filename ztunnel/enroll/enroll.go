@@ -4,7 +4,7 @@
 // listeners there (with SO_REUSEPORT, so a new ztunnel can bind them too
 // during a rolling update), the pod's identity wanted from the certificate
 // manager, and the pod's proxy. Releasing undoes it in reverse: the proxy
-// closes the pod's connections first, then the rules go (see
+// closes the pod's connections at once, then the rules go (see
 // ztunnel/capture on why that order).
 //
 // Stop (ztunnel exiting) closes the proxies but leaves the rules: the
@@ -20,7 +20,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/cairnmesh/cairn/internal/netns"
 	"github.com/cairnmesh/cairn/internal/spiffe"
@@ -47,9 +46,6 @@ type Config struct {
 	NetnsDir string
 	IPTables capture.IPTables
 	Log      *slog.Logger
-	// ReleaseGrace bounds how long releasing a pod waits for its
-	// connections to finish before it closes them.
-	ReleaseGrace time.Duration
 }
 
 // Mesh holds the captured pods of the node.
@@ -75,9 +71,6 @@ var _ nodeagent.Capturer = (*Mesh)(nil)
 func New(cfg Config) *Mesh {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
-	}
-	if cfg.ReleaseGrace == 0 {
-		cfg.ReleaseGrace = 5 * time.Second
 	}
 	return &Mesh{cfg: cfg, log: cfg.Log, conns: proxy.NewTracker(), pods: make(map[string]*enrolled)}
 }
@@ -173,10 +166,10 @@ func (m *Mesh) Release(ctx context.Context, pod nodeagent.Pod) error {
 		defer h.Close()
 		return m.cfg.IPTables.Remove(ctx, h)
 	}
-	sctx, cancel := context.WithTimeout(ctx, m.cfg.ReleaseGrace)
-	err := e.proxy.Shutdown(sctx)
-	cancel()
-	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	// Close, not drain: the pod is going away or leaving the mesh, and
+	// its redirected connections cannot outlive the rules anyway. Waiting
+	// here would also hold up every other pod's capture on the node.
+	if err := e.proxy.Close(); err != nil {
 		m.log.Warn("closing the pod's proxy", "pod", pod.String(), "err", err)
 	}
 	m.cfg.Identities.Release(e.id)
