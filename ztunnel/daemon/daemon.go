@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -139,7 +140,7 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	agent, err := nodeagent.New(nodeagent.Config{
 		Node: cfg.NodeName, Kube: kube, Capturer: mesh,
-		FindNetns: func(ip netipAddr) (string, error) { return enroll.FindNetns(cfg.NetnsDir, ip) },
+		FindNetns: func(ip netip.Addr) (string, error) { return enroll.FindNetns(cfg.NetnsDir, ip) },
 		Log:       log.With("component", "nodeagent"),
 	})
 	if err != nil {

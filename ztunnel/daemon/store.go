@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"errors"
-	"net/netip"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -11,8 +10,6 @@ import (
 	"github.com/cairnmesh/cairn/ztunnel/state"
 	"github.com/cairnmesh/cairn/ztunnel/xdsclient"
 )
-
-type netipAddr = netip.Addr
 
 // storeHandler applies workload discovery to the state store. The store
 // keeps the valid resources of a response and refuses the others one by
