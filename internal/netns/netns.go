@@ -12,6 +12,10 @@
 // Do returns. Child processes started inside Do (os/exec) are in the
 // namespace too: the kernel copies the forking thread's namespaces into the
 // child. Goroutines started inside Do are not: they run on other threads.
+//
+// Socket is the cheap special case for connections: it only creates the
+// socket inside, and the caller binds, connects and waits on it from its
+// own goroutine.
 package netns
 
 import (

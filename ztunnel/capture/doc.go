@@ -96,9 +96,10 @@
 //
 // # Namespaces and threads
 //
-// All work inside a pod happens through netns.Handle.Do, on a locked OS
-// thread that returns to its own namespace afterwards or dies.
-// iptables-save and iptables-restore are started from inside Do: the child
+// Work inside a pod happens on a locked OS thread that returns to its own
+// namespace afterwards or dies: listeners and the iptables runs through
+// netns.Handle.Do; dials make only their socket there (netns.Handle.Socket)
+// and connect from the caller's goroutine. iptables-save and iptables-restore are started from inside Do: the child
 // process inherits the forking thread's namespace (internal/netns tests
 // show it), so no ip netns exec or nsenter is needed. Listening sockets and
 // connections keep the namespace they were made in, so the rest of ztunnel
