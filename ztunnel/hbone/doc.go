@@ -13,9 +13,13 @@
 // identity, expected destination identity, address), many streams per
 // connection.
 //
-// The HTTP/2 implementation is golang.org/x/net/http2. Two of its
-// properties shape this package: its server needs a completed TLS
-// handshake before ServeConn, and it can end a response only when the
-// handler returns, so once the application has closed its side of a
-// tunnel, data the client still sends is discarded (see Server).
+// The HTTP/2 layer is our own, small and made for CONNECT tunnels only,
+// on golang.org/x/net/http2's Framer and HPACK codec (conn.go, stream.go,
+// headers.go). A general HTTP/2 client and server move every frame across
+// several goroutines; here one reader per connection writes each DATA
+// payload straight to the destination socket when it takes it without
+// blocking, writers send their frames themselves, and the TLS records of
+// one write leave in one system call. Both half-closes are carried: either
+// side may go on sending after the other has finished. The tests check the
+// wire format against x/net's own client and server.
 package hbone

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // inbound serves the CONNECT requests of one HBONE connection from peer.
@@ -17,40 +17,49 @@ type inbound struct {
 	peer Peer
 }
 
-var _ http.Handler = (*inbound)(nil)
-
-// ServeHTTP checks a CONNECT, in order: method, :authority, that the
-// authority is this pod, authorization, then dials the application and
-// proxies. Every check comes before the dial, so bad input never causes an
-// onward connection.
-func (h *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// admit starts serving a new stream. It runs on the connection's reader,
+// so the checks, the dial and the proxying get a goroutine of their own.
+func (h *inbound) admit(st *stream, req request) {
 	h.s.active.add()
+	go h.serve(st, req)
+}
+
+// serve checks a CONNECT, in order: header size, method, :authority, that
+// the authority is this pod, authorization; then it dials the application
+// and proxies. Every check comes before the dial, so bad input never
+// causes an onward connection.
+func (h *inbound) serve(st *stream, req request) {
 	defer h.s.active.done()
 
-	if r.Method != http.MethodConnect {
-		w.Header().Set("Allow", http.MethodConnect)
-		h.refuse(w, Refusal{Status: http.StatusMethodNotAllowed, Reason: ReasonMethod,
-			Err: fmt.Errorf("method %s, want CONNECT", r.Method)})
+	if req.truncated {
+		h.refuse(st, Refusal{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: ReasonHeaders,
+			Err: fmt.Errorf("request headers over %d bytes", h.s.cfg.MaxHeaderBytes)})
 		return
 	}
-	dst, err := parseAuthority(r.Host)
+	if req.method != http.MethodConnect {
+		h.refuse(st, Refusal{Status: http.StatusMethodNotAllowed, Reason: ReasonMethod,
+			Err: fmt.Errorf("method %s, want CONNECT", req.method)},
+			hpack.HeaderField{Name: "allow", Value: http.MethodConnect})
+		return
+	}
+	dst, err := parseAuthority(req.authority)
 	if err != nil {
-		h.refuse(w, Refusal{Status: http.StatusBadRequest, Reason: ReasonAuthority, Err: err})
+		h.refuse(st, Refusal{Status: http.StatusBadRequest, Reason: ReasonAuthority, Err: err})
 		return
 	}
 	if !h.s.own[dst.Addr()] {
-		h.refuse(w, Refusal{Destination: dst, Status: http.StatusForbidden, Reason: ReasonMisdirected,
+		h.refuse(st, Refusal{Destination: dst, Status: http.StatusForbidden, Reason: ReasonMisdirected,
 			Err: fmt.Errorf("%v is not an address of this pod", dst.Addr())})
 		return
 	}
 	// The tunnel's own context: Authorize may keep it, and end the tunnel
 	// later through Revoke (a policy that no longer allows it).
-	ctx, revoke := context.WithCancelCause(r.Context())
+	ctx, revoke := context.WithCancelCause(h.s.ctx)
 	defer revoke(nil)
 	ctx = context.WithValue(ctx, revokeKey{}, revoke)
 	if authorize := h.s.cfg.Authorize; authorize != nil {
 		if err := authorize(ctx, h.peer, dst); err != nil {
-			h.refuse(w, Refusal{Destination: dst, Status: http.StatusForbidden, Reason: ReasonDenied, Err: err})
+			h.refuse(st, Refusal{Destination: dst, Status: http.StatusForbidden, Reason: ReasonDenied, Err: err})
 			return
 		}
 	}
@@ -58,7 +67,7 @@ func (h *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	app, err := h.s.cfg.Dial(dctx, "tcp", dst.String())
 	cancel()
 	if err != nil {
-		h.refuse(w, Refusal{Destination: dst, Status: http.StatusServiceUnavailable, Reason: ReasonDial,
+		h.refuse(st, Refusal{Destination: dst, Status: http.StatusServiceUnavailable, Reason: ReasonDial,
 			Err: fmt.Errorf("dialing application: %w", err)})
 		return
 	}
@@ -67,7 +76,10 @@ func (h *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	conn := Connection{Peer: h.peer, Destination: dst}
 	start := time.Now()
 	h.s.obs.Opened(conn)
-	tr, err := h.proxy(ctx, w, r, app)
+	var tr Traffic
+	if err = st.respond(http.StatusOK, ""); err == nil {
+		tr.Sent, tr.Received, err = st.pipe(ctx, app)
+	}
 	if cause := context.Cause(ctx); errors.Is(cause, ErrRevoked) {
 		err = cause
 	}
@@ -80,87 +92,12 @@ func (h *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // refuse answers a CONNECT with an error status and reports it. The body
 // names only the reason: details stay in our log.
-func (h *inbound) refuse(w http.ResponseWriter, r Refusal) {
+func (h *inbound) refuse(st *stream, r Refusal, extra ...hpack.HeaderField) {
 	r.Peer = h.peer
 	h.s.obs.Refused(r)
 	h.s.log.Info("connect refused", "reason", r.Reason, "status", r.Status,
 		"src_identity", r.Peer.Identity.String(), "src", r.Peer.Addr, "dst", r.Destination, "error", r.Err)
-	http.Error(w, "hbone: "+string(r.Reason), r.Status)
-}
-
-// proxy sends 200 and copies both ways until both directions have ended.
-//
-// Half-close: the client's END_STREAM reaches the application as
-// CloseWrite, and the application's EOF ends the response (END_STREAM).
-// Go's HTTP/2 server can end a response only by returning from the
-// handler, after which the request body can no longer be read; so once the
-// application has finished sending, whatever the client still sends is
-// discarded (the server resets the stream with NO_ERROR, as RFC 9113
-// section 8.1 allows after a complete response).
-func (h *inbound) proxy(ctx context.Context, w http.ResponseWriter, r *http.Request, app net.Conn) (Traffic, error) {
-	rc := http.NewResponseController(w)
-	w.WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
-		return Traffic{}, fmt.Errorf("sending 200: %w", err)
-	}
-	// The tunnel's context ends when the client resets the stream, the
-	// connection goes away or the tunnel is revoked; the application
-	// connection must not outlive it.
-	stop := context.AfterFunc(ctx, func() { app.Close() })
-	defer stop()
-
-	var up struct {
-		n   int64
-		err error
-	}
-	upDone := make(chan struct{})
-	go func() {
-		defer close(upDone)
-		up.n, up.err = copyStream(app, r.Body)
-		if up.err != nil {
-			app.Close() // ends the other direction too
-			return
-		}
-		if cw, ok := app.(closeWriter); ok {
-			up.err = cw.CloseWrite()
-		}
-	}()
-	sent, downErr := copyStream(flushWriter{w: w, rc: rc}, app)
-
-	cut := false
-	select {
-	case <-upDone:
-	default:
-		// The application is done (or broken) while the client still
-		// sends: stop reading the body before the handler returns.
-		cut = true
-		r.Body.Close()
-		app.Close()
-		<-upDone
-	}
-	var err error
-	switch {
-	case !cut && up.err != nil:
-		err = fmt.Errorf("peer to application: %w", up.err)
-	case downErr != nil && !errors.Is(downErr, net.ErrClosed):
-		err = fmt.Errorf("application to peer: %w", downErr)
-	}
-	return Traffic{Received: up.n, Sent: sent}, err
-}
-
-// flushWriter sends every write at once: an HTTP/2 response buffers
-// otherwise, and a tunnel must not hold bytes back.
-type flushWriter struct {
-	w  io.Writer
-	rc *http.ResponseController
-}
-
-func (f flushWriter) Write(p []byte) (int, error) {
-	n, err := f.w.Write(p)
-	if err != nil {
-		return n, err
-	}
-	return n, f.rc.Flush()
+	_ = st.respond(r.Status, "hbone: "+string(r.Reason)+"\n", extra...)
 }
 
 // parseAuthority parses a CONNECT's :authority, which HBONE defines as the

@@ -44,6 +44,11 @@ const (
 	// ReasonALPN: TLS succeeded but the peer did not negotiate h2 (an
 	// HTTP/1.1 client).
 	ReasonALPN Reason = "alpn"
+	// ReasonPreface: TLS succeeded but the client did not start HTTP/2
+	// (its connection preface was wrong or did not come in time).
+	ReasonPreface Reason = "preface"
+	// ReasonHeaders: the request's header list was over the limit (431).
+	ReasonHeaders Reason = "header_size"
 	// ReasonMethod: a request other than CONNECT (405).
 	ReasonMethod Reason = "method"
 	// ReasonAuthority: :authority is not an IP:port (400).

@@ -1,5 +1,3 @@
-//lint:file-ignore SA1019 HBONE is built on golang.org/x/net/http2 (a required library), whose types v0.62 marks deprecated in favour of net/http
-
 package hbone
 
 import (
@@ -8,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
@@ -17,7 +14,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"golang.org/x/net/http2"
 
 	"github.com/cairnmesh/cairn/internal/spiffe"
 )
@@ -89,19 +85,17 @@ type PoolConfig struct {
 
 // Pool opens tunnels over pooled HBONE connections.
 //
-// Goroutines: the pool owns a janitor (idle and dead connections) and short
-// closers, and waits for them in Close; each connection also has the HTTP/2
-// transport's reader, which ends when Close closes the connection.
+// Goroutines: the pool owns a janitor (idle and dead connections) and each
+// connection's reader and control writer, which end when the connection
+// does, and waits for them all in Close.
 type Pool struct {
 	cfg PoolConfig
 	log *slog.Logger
-	h2  *http2.Transport
 
 	ctx    context.Context // cancelled by Close; aborts dials in progress
 	cancel context.CancelFunc
 	wake   chan struct{} // asks the janitor to sweep now
 	wg     sync.WaitGroup
-	byCC   sync.Map // *http2.ClientConn -> *poolConn, for MarkDead
 
 	mu     sync.Mutex
 	closed bool
@@ -127,7 +121,7 @@ type pendingDial struct {
 // poolConn is one HBONE connection.
 type poolConn struct {
 	key   Key
-	cc    *http2.ClientConn
+	c     *conn
 	local net.Addr
 	// dead: GOAWAY received or the connection broke; no new tunnels.
 	dead atomic.Bool
@@ -165,45 +159,10 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		keys: make(map[Key]*keyConns),
 		all:  make(map[*poolConn]struct{}),
 	}
-	h2, err := newTransport(deadConns{p})
-	if err != nil {
-		return nil, err
-	}
-	p.h2 = h2
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.wg.Add(1)
 	go p.janitor()
 	return p, nil
-}
-
-// newTransport builds the HTTP/2 client side. The x/net Transport has no
-// receive-window fields; they come from a net/http Transport's HTTP2
-// config, which ConfigureTransports links in. The net/http Transport is
-// never used to dial.
-func newTransport(pool http2.ClientConnPool) (*http2.Transport, error) {
-	t1 := &http.Transport{
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: DefaultMaxHeaderBytes,
-		HTTP2: &http.HTTP2Config{
-			MaxReadFrameSize:              maxFrameSize,
-			MaxReceiveBufferPerStream:     streamWindow,
-			MaxReceiveBufferPerConnection: connectionWindow,
-		},
-	}
-	t2, err := http2.ConfigureTransports(t1)
-	if err != nil {
-		return nil, fmt.Errorf("hbone: configuring HTTP/2: %w", err)
-	}
-	// Without this the client advertises no frame size and gets 16 KiB
-	// frames, the single largest throughput loss measured.
-	t2.MaxReadFrameSize = maxFrameSize
-	t2.DisableCompression = true
-	// The transport calls MarkDead on GOAWAY and when a connection's
-	// reader ends: that is how the pool hears of both at once. (Go 1.27's
-	// wrapping x/net calls it only for broken connections; a GOAWAY then
-	// shows as a refused reservation, and the server's close follows.)
-	t2.ConnPool = pool
-	return t2, nil
 }
 
 // Dial opens a tunnel to authority (the destination pod's IP and the
@@ -286,18 +245,17 @@ func (p *Pool) acquire(ctx context.Context, key Key) (*poolConn, error) {
 		}
 		if p.closed {
 			p.mu.Unlock()
-			pc.cc.Close()
+			pc.c.close()
 			return nil, ErrPoolClosed
 		}
 		pc.idleSince = time.Now()
 		kc.conns = append(kc.conns, pc)
 		p.all[pc] = struct{}{}
-		p.byCC.Store(pc.cc, pc)
 		// The dialer uses its connection even if it already looks dead:
 		// the CONNECT then fails with the reason (a server that refused
 		// our certificate closes right after our handshake returned).
 		// Going round instead would dial again and again.
-		ok := pc.cc.ReserveNewRequest()
+		ok := pc.c.canOpen()
 		if ok {
 			pc.streams++
 		}
@@ -312,13 +270,15 @@ func (p *Pool) acquire(ctx context.Context, key Key) (*poolConn, error) {
 
 // reserveLocked reserves a stream on a live connection of kc that is below
 // the cap, if there is one. The HTTP/2 connection may refuse (GOAWAY, or
-// the server's own stream limit): then the next one is tried.
+// the server's own stream limit): then the next one is tried. A stream
+// reserved here can still be refused when it opens, if a GOAWAY arrives in
+// between; Dial then fails like any CONNECT the server did not take.
 func (p *Pool) reserveLocked(kc *keyConns) *poolConn {
 	for _, pc := range kc.conns {
 		if pc.dead.Load() || pc.streams >= p.cfg.MaxStreamsPerConn {
 			continue
 		}
-		if pc.cc.ReserveNewRequest() {
+		if pc.c.canOpen() {
 			pc.streams++
 			return pc
 		}
@@ -341,7 +301,7 @@ func (p *Pool) release(pc *poolConn) {
 }
 
 // markDead takes pc out of service (GOAWAY or broken) and has the janitor
-// clear it. It runs on the transport's goroutines, so it must not block or
+// clear it. It runs on the connection's goroutines, so it must not block or
 // take Pool.mu.
 func (p *Pool) markDead(pc *poolConn) {
 	pc.dead.Store(true)
@@ -400,11 +360,10 @@ func (p *Pool) closeLocked(pc *poolConn) {
 	}
 	pc.closing = true
 	delete(p.all, pc)
-	p.byCC.Delete(pc.cc)
 	if p.closed {
 		return // Close closes every connection itself
 	}
-	p.wg.Go(func() { pc.cc.Close() })
+	p.wg.Go(pc.c.close)
 }
 
 // Close closes every connection, failing their tunnels, aborts dials in
@@ -419,31 +378,14 @@ func (p *Pool) Close() error {
 	conns := make([]*poolConn, 0, len(p.all))
 	for pc := range p.all {
 		conns = append(conns, pc)
-		p.byCC.Delete(pc.cc)
 	}
 	p.all, p.keys = nil, nil
 	p.mu.Unlock()
 
 	p.cancel()
 	for _, pc := range conns {
-		pc.cc.Close()
+		pc.c.close()
 	}
 	p.wg.Wait()
 	return nil
-}
-
-// deadConns receives the HTTP/2 transport's MarkDead calls. The pool never
-// asks the transport for connections, so GetClientConn is never used.
-type deadConns struct{ p *Pool }
-
-var _ http2.ClientConnPool = deadConns{}
-
-func (d deadConns) GetClientConn(*http.Request, string) (*http2.ClientConn, error) {
-	return nil, errors.New("hbone: connections come from the pool only")
-}
-
-func (d deadConns) MarkDead(cc *http2.ClientConn) {
-	if v, ok := d.p.byCC.Load(cc); ok {
-		d.p.markDead(v.(*poolConn))
-	}
 }

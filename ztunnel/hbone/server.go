@@ -1,5 +1,3 @@
-//lint:file-ignore SA1019 HBONE is built on golang.org/x/net/http2 (a required library), whose types v0.62 marks deprecated in favour of net/http
-
 package hbone
 
 import (
@@ -9,14 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"golang.org/x/net/http2"
 
 	"github.com/cairnmesh/cairn/internal/pki"
 )
@@ -27,20 +23,6 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultDialTimeout      = 10 * time.Second
 	DefaultMaxHeaderBytes   = 16 << 10
-)
-
-// HTTP/2 sizing, from measurements on loopback (2 cores): frames up to
-// 1 MiB instead of the 16 KiB default are what matters most for throughput
-// (+60% on a download, -30% CPU per byte). A 4 MiB stream window keeps a
-// single stream at full speed; more gained nothing. The connection window
-// is both the memory bound per connection and the point where streams whose
-// reader stalls start to block their neighbours (the window is only
-// returned as the application reads), so it holds eight full stream
-// windows.
-const (
-	maxFrameSize     = 1 << 20
-	streamWindow     = 4 << 20
-	connectionWindow = 8 * streamWindow
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -80,10 +62,10 @@ type ServerConfig struct {
 	// DialTimeout bounds the connection to the application. Default
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
-	// MaxHeaderBytes limits the request header block. The HTTP/2 layer
-	// enforces it before any handler runs (431, or a connection error when
-	// one field alone is too large), so these refusals reach neither the
-	// Observer nor the log. Default DefaultMaxHeaderBytes.
+	// MaxHeaderBytes limits the request header list: a longer one is
+	// answered 431, and a single field longer than the whole limit is a
+	// connection error (HPACK refuses to decode it). Default
+	// DefaultMaxHeaderBytes.
 	MaxHeaderBytes int
 }
 
@@ -92,18 +74,14 @@ type ServerConfig struct {
 //
 // Half-close: when the client ends its stream, the application reads EOF
 // (CloseWrite) and may go on sending; when the application closes its side,
-// the client reads EOF. Go's HTTP/2 server ends a response only when its
-// handler returns, after which the request body cannot be read, so from
-// then on whatever the client still sends is discarded and its writes
-// fail: an application that half-closes and keeps reading is not served.
+// the client reads EOF and may go on sending. The tunnel ends when both
+// directions have.
 type Server struct {
 	cfg       ServerConfig
 	log       *slog.Logger
 	obs       Observer
 	own       map[netip.Addr]bool
 	tlsConfig *tls.Config
-	h1        *http.Server // carries settings and the graceful shutdown hook for h2
-	h2        *http2.Server
 
 	// ctx is the parent of every connection's context; Close cancels it.
 	ctx    context.Context
@@ -114,7 +92,7 @@ type Server struct {
 	closing   bool
 	done      chan struct{} // closed when closing starts
 	listeners map[net.Listener]struct{}
-	conns     map[*tls.Conn]struct{}
+	conns     map[*tls.Conn]*conn // nil until HTTP/2 starts
 }
 
 // NewServer checks cfg, fills in defaults and returns a Server.
@@ -155,25 +133,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		obs:       cfg.Observer,
 		own:       own,
 		tlsConfig: serverTLSConfig(cfg.Certificate, cfg.Bundle, cfg.CertificateWait, cfg.HandshakeTimeout),
-		h1: &http.Server{
-			MaxHeaderBytes: cfg.MaxHeaderBytes,
-			// x/net/http2 logs protocol trouble here; keep it off the
-			// global logger.
-			ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
-		},
-		h2: &http2.Server{
-			MaxReadFrameSize:             maxFrameSize,
-			MaxUploadBufferPerStream:     streamWindow,
-			MaxUploadBufferPerConnection: connectionWindow,
-		},
 		done:      make(chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*tls.Conn]struct{}),
-	}
-	// ConfigureServer registers the h2 connections' graceful shutdown
-	// (GOAWAY) as an OnShutdown hook of h1; it is the only public trigger.
-	if err := http2.ConfigureServer(s.h1, s.h2); err != nil {
-		return nil, fmt.Errorf("hbone: configuring HTTP/2: %w", err)
+		conns:     make(map[*tls.Conn]*conn),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -249,28 +211,25 @@ func (s *Server) admit() bool {
 	return true
 }
 
-// serveConn runs the handshake and then HTTP/2 on one connection.
+// serveConn runs the handshake and then HTTP/2 on one connection; it is
+// the connection's reader.
 func (s *Server) serveConn(c net.Conn) {
 	defer s.active.done()
 	peerAddr := addrPort(c.RemoteAddr())
-	tc := tls.Server(c, s.tlsConfig)
+	bc := &batchConn{Conn: c}
+	tc := tls.Server(bc, s.tlsConfig)
 	if !s.trackConn(tc) {
-		tc.Close()
+		c.Close()
 		return
 	}
 	defer s.untrackConn(tc)
-	defer tc.Close()
+	defer c.Close()
 
-	// ServeConn needs a completed handshake: it reads the negotiated
-	// version and protocol from the connection state and rejects a zero
-	// version as inadequate security. The timeout is a deadline on the
-	// connection (see serverTLSConfig); s.ctx aborts it on Close.
+	// The timeout is a deadline on the connection (see serverTLSConfig)
+	// that also covers the client's preface; s.ctx aborts it on Close.
 	err := c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err == nil {
 		err = tc.HandshakeContext(s.ctx)
-	}
-	if err == nil {
-		err = c.SetDeadline(time.Time{})
 	}
 	if err != nil {
 		s.refuseConn(Refusal{Peer: Peer{Addr: peerAddr}, Reason: ReasonHandshake, Err: err})
@@ -284,17 +243,36 @@ func (s *Server) serveConn(c net.Conn) {
 			Err: fmt.Errorf("client negotiated %q, not %q", st.NegotiatedProtocol, alpnH2)})
 		return
 	}
-	if s.isClosing() {
-		// Shutdown began during the handshake: take no new streams.
-		return
-	}
 	id, err := pki.PeerIdentity(st)
 	if err != nil { // the handshake's authorizer already checked this
 		s.refuseConn(Refusal{Peer: Peer{Addr: peerAddr}, Reason: ReasonHandshake, Err: err})
 		return
 	}
 	h := &inbound{s: s, peer: Peer{Identity: id, Addr: peerAddr}}
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{Context: s.ctx, BaseConfig: s.h1, Handler: h})
+	hc := newConn(tc, bc, false, s.cfg.MaxHeaderBytes, s.log)
+	hc.onRequest = h.admit
+	if err := hc.readPreface(); err != nil {
+		s.refuseConn(Refusal{Peer: h.peer, Reason: ReasonPreface, Err: err})
+		return
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		return
+	}
+	if err := hc.start(); err != nil {
+		hc.close()
+		return
+	}
+	if !s.startConn(tc, hc) {
+		// Shutdown began during the handshake: take no streams.
+		hc.goAway()
+	}
+	var wg sync.WaitGroup
+	wg.Go(hc.controlWriter)
+	err = hc.readLoop()
+	wg.Wait()
+	if !errors.Is(err, errConnClosed) {
+		s.log.Debug("hbone connection ended", "src", peerAddr, "src_identity", id.String(), "error", err)
+	}
 }
 
 func (s *Server) refuseConn(r Refusal) {
@@ -308,8 +286,17 @@ func (s *Server) trackConn(tc *tls.Conn) bool {
 	if s.closing {
 		return false
 	}
-	s.conns[tc] = struct{}{}
+	s.conns[tc] = nil
 	return true
+}
+
+// startConn records tc's HTTP/2 connection, for Shutdown. It reports
+// false if Shutdown has begun.
+func (s *Server) startConn(tc *tls.Conn, hc *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conns[tc] = hc
+	return !s.closing
 }
 
 func (s *Server) untrackConn(tc *tls.Conn) {
@@ -334,34 +321,26 @@ func (s *Server) stopAccepting() bool {
 	return true
 }
 
-// goAwayInterval is how often Shutdown repeats its GOAWAY trigger. HTTP/2
-// registers a connection for graceful shutdown only once ServeConn runs, a
-// moment after we admitted it; a connection that registers just after a
-// trigger would miss it, so the trigger repeats (it is idempotent per
-// connection).
-const goAwayInterval = 100 * time.Millisecond
-
 // Shutdown stops accepting, sends GOAWAY on every connection so that
 // clients open no new streams, and waits until the running streams have
 // ended and the connections closed. If ctx ends first, it closes whatever
 // is left (as Close does) and returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopAccepting()
-	tick := time.NewTicker(goAwayInterval)
-	defer tick.Stop()
-	for {
-		// h1 has no connections or listeners of its own: Shutdown only
-		// runs the OnShutdown hooks (GOAWAY) and returns.
-		_ = s.h1.Shutdown(ctx)
-		select {
-		case <-s.active.idle():
-			s.cancel()
-			return nil
-		case <-ctx.Done():
-			s.Close()
-			return ctx.Err()
-		case <-tick.C:
+	s.mu.Lock()
+	for _, hc := range s.conns {
+		if hc != nil {
+			hc.goAway()
 		}
+	}
+	s.mu.Unlock()
+	select {
+	case <-s.active.idle():
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
 	}
 }
 

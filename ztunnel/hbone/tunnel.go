@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // StatusError is returned by Pool.Dial when the server answered the CONNECT
@@ -29,13 +31,17 @@ func (e *StatusError) Error() string {
 	return msg
 }
 
+// trimReason turns the start of a refusal's body into StatusError.Reason.
+func trimReason(b []byte) string {
+	return strings.TrimSpace(strings.ToValidUTF8(string(b), "?"))
+}
+
 // Tunnel is one CONNECT stream: a byte stream to the destination
 // application, used like a TCP connection. It implements net.Conn except
-// for deadlines, which HTTP/2 streams cannot honour.
+// for deadlines, which HTTP/2 streams cannot honour. Pipe is the fast way
+// to join it to a TCP connection.
 type Tunnel struct {
-	body   io.ReadCloser  // response body: bytes from the application
-	pw     *io.PipeWriter // request body: bytes to the application
-	cancel context.CancelFunc
+	st     *stream
 	local  net.Addr
 	remote net.Addr
 
@@ -45,41 +51,32 @@ type Tunnel struct {
 }
 
 var (
-	_ net.Conn      = (*Tunnel)(nil)
-	_ closeWriter   = (*Tunnel)(nil)
-	_ io.ReaderFrom = (*Tunnel)(nil)
-	_ io.WriterTo   = (*Tunnel)(nil)
+	_ net.Conn    = (*Tunnel)(nil)
+	_ closeWriter = (*Tunnel)(nil)
 )
 
 // ErrDeadlineUnsupported is returned by the Set*Deadline methods of Tunnel.
 var ErrDeadlineUnsupported = fmt.Errorf("hbone: tunnels have no deadlines: %w", errors.ErrUnsupported)
 
 // Read reads bytes the application sent. It returns io.EOF once the
-// application has closed its side.
+// application has closed its side. It must not be used with Pipe.
 func (t *Tunnel) Read(p []byte) (int, error) {
 	if t.closed.Load() {
 		return 0, net.ErrClosed
 	}
-	return t.body.Read(p)
+	return t.st.read(nil, p)
 }
 
-// Write sends bytes to the application. It blocks until the HTTP/2
-// transport has taken all of p (flow control applies).
+// Write sends bytes to the application. It blocks until flow control has
+// let all of p go.
 func (t *Tunnel) Write(p []byte) (int, error) {
 	if t.closed.Load() {
 		return 0, net.ErrClosed
 	}
-	return t.pw.Write(p)
-}
-
-// ReadFrom copies r into the tunnel with large buffers; io.Copy uses it.
-func (t *Tunnel) ReadFrom(r io.Reader) (int64, error) {
-	return copyStream(t, r)
-}
-
-// WriteTo copies the tunnel into w with large buffers; io.Copy uses it.
-func (t *Tunnel) WriteTo(w io.Writer) (int64, error) {
-	return copyStream(w, t)
+	if err := t.st.send(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // CloseWrite ends the stream in our direction (END_STREAM): the server
@@ -89,17 +86,30 @@ func (t *Tunnel) CloseWrite() error {
 	if t.closed.Load() {
 		return net.ErrClosed
 	}
-	return t.pw.Close()
+	return t.st.closeSend()
 }
 
-// Close ends the tunnel in both directions, resetting the stream if it is
-// still open, and returns its slot to the pool.
+// Pipe joins the tunnel to conn until both directions have ended, each
+// end passed on as a half-close, or until the tunnel fails or ctx ends;
+// conn is closed when it returns. It returns the bytes conn sent into the
+// tunnel and those it received. Bytes from the application are written to
+// conn by the HBONE connection's reader as they arrive, without a
+// goroutine of their own unless conn falls behind.
+func (t *Tunnel) Pipe(ctx context.Context, conn net.Conn) (sent, received int64, err error) {
+	defer conn.Close()
+	return t.st.pipe(ctx, conn)
+}
+
+// Close ends the tunnel in both directions, resetting the stream unless
+// both sides had already ended it, and returns its slot to the pool.
 func (t *Tunnel) Close() error {
 	t.closeOnce.Do(func() {
 		t.closed.Store(true)
-		t.pw.CloseWithError(net.ErrClosed)
-		t.body.Close()
-		t.cancel()
+		if t.st.finished() {
+			t.st.c.forget(t.st)
+		} else {
+			t.st.cancel(http2.ErrCodeCancel, net.ErrClosed)
+		}
 		t.release()
 	})
 	return nil

@@ -106,21 +106,23 @@ func TestTunnelWithIOCopy(t *testing.T) {
 }
 
 // An application that speaks first and half-closes: the client reads its
-// greeting and then EOF while its own side is still open.
-func TestApplicationCloseEndsResponse(t *testing.T) {
+// greeting and then EOF, and may still send; the application reads what
+// it sends and then EOF. Each direction ends on its own, as with TCP.
+func TestApplicationHalfCloseLeavesClientSending(t *testing.T) {
 	greeting := []byte("220 ready, and done\r\n")
-	appSawEOF := make(chan struct{})
+	appRead := make(chan []byte, 1)
 	app := startApp(t, func(c net.Conn) {
 		c.Write(greeting)
 		c.(*net.TCPConn).CloseWrite()
-		io.Copy(io.Discard, c)
-		close(appSawEOF)
+		b, _ := io.ReadAll(c)
+		appRead <- b
 	})
 	e := newEnv(t)
 	tun, err := e.pool.Dial(context.Background(), e.key(), app)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer tun.Close()
 	got, err := io.ReadAll(tun)
 	if err != nil {
 		t.Fatal(err)
@@ -128,10 +130,20 @@ func TestApplicationCloseEndsResponse(t *testing.T) {
 	if !bytes.Equal(got, greeting) {
 		t.Fatalf("read %q, want %q", got, greeting)
 	}
-	// The stream is over: the server ended it when the application was
-	// done. The application's connection is closed, not left hanging.
-	<-appSawEOF
-	tun.Close()
+	late := []byte("QUIT after the server's end\r\n")
+	if _, err := tun.Write(late); err != nil {
+		t.Fatalf("writing after the application's end: %v", err)
+	}
+	if err := tun.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-appRead; !bytes.Equal(b, late) {
+		t.Fatalf("application read %q, want %q", b, late)
+	}
+	eventually(t, "the server's close report", func() bool { return len(e.obs.Closes()) == 1 })
+	if tr := e.obs.Closes()[0]; tr.Sent != int64(len(greeting)) || tr.Received != int64(len(late)) {
+		t.Errorf("observed sent=%d received=%d, want %d and %d", tr.Sent, tr.Received, len(greeting), len(late))
+	}
 }
 
 func TestTunnelAfterClose(t *testing.T) {

@@ -79,7 +79,14 @@ func (p *Proxy) outbound(conn net.Conn) {
 	done := p.conns.add(ConnInfo{Pod: p.pod.Namespace + "/" + p.pod.Name, Direction: "outbound",
 		Source: conn.RemoteAddr().String(), Destination: dst.String(), Identity: rec.Dest.Principal, Via: via})
 	defer done()
-	sent, received, err := splice(ctx, conn, upstream)
+	var sent, received int64
+	if t, ok := upstream.(*hbone.Tunnel); ok {
+		sent, received, err = t.Pipe(ctx, conn)
+		_ = t.Close()
+		err = quiet(err)
+	} else {
+		sent, received, err = splice(ctx, conn, upstream)
+	}
 	rec.Sent, rec.Received, rec.Err = uint64(sent), uint64(received), err
 	p.cfg.Telemetry.Close(rec)
 }
