@@ -163,13 +163,7 @@ func (st *stream) receive(data []byte, end bool) error {
 			return nil
 		}
 	}
-	for len(data) > 0 {
-		bp := chunkBuffers.Get().(*[]byte)
-		n := copy(*bp, data)
-		st.queue = append(st.queue, chunk{buf: bp, data: (*bp)[:n]})
-		st.queued += n
-		data = data[n:]
-	}
+	st.enqueueLocked(data)
 	if end {
 		st.recvEnd = true
 	}
@@ -177,6 +171,26 @@ func (st *stream) receive(data []byte, end bool) error {
 	st.mu.Unlock()
 	st.c.consumed(st, consumed)
 	return nil
+}
+
+// enqueueLocked copies data to the end of the queue, filling the last
+// chunk before taking another, so that many small frames queued behind a
+// slow destination take about as much memory as they carry. A drain may be
+// writing the last chunk's bytes meanwhile: appending never touches them.
+func (st *stream) enqueueLocked(data []byte) {
+	st.queued += len(data)
+	if n := len(st.queue); n > 0 {
+		tail := &st.queue[n-1]
+		k := min(len(data), cap(tail.data)-len(tail.data))
+		tail.data = append(tail.data, data[:k]...)
+		data = data[k:]
+	}
+	for len(data) > 0 {
+		bp := chunkBuffers.Get().(*[]byte)
+		k := copy(*bp, data)
+		st.queue = append(st.queue, chunk{buf: bp, data: (*bp)[:k]})
+		data = data[k:]
+	}
 }
 
 // deliverLocked moves things on after the queue or the end changed: with
@@ -218,23 +232,27 @@ func (st *stream) drain() {
 			st.mu.Unlock()
 			return
 		}
-		ch := st.queue[0]
+		data := st.queue[0].data
 		sink := st.sink
 		st.mu.Unlock()
 
-		n, err := sink.Write(ch.data)
+		n, err := sink.Write(data)
 
 		st.mu.Lock()
 		st.down += int64(n)
-		st.queue[0] = chunk{}
-		st.queue = st.queue[1:]
-		st.queued -= len(ch.data)
-		chunkBuffers.Put(ch.buf)
+		st.queued -= n
+		head := &st.queue[0]
+		head.data = head.data[n:] // the reader may have appended behind
+		if len(head.data) == 0 {
+			chunkBuffers.Put(head.buf)
+			st.queue[0] = chunk{}
+			st.queue = st.queue[1:]
+		}
 		if err != nil {
 			st.sinkErr = err
 			st.draining = false
 			st.mu.Unlock()
-			st.c.consumed(nil, int64(len(ch.data)))
+			st.c.consumed(st, int64(n))
 			st.cancel(http2.ErrCodeCancel, fmt.Errorf("writing to the destination: %w", err))
 			return
 		}

@@ -173,3 +173,49 @@ func TestTunnelAfterClose(t *testing.T) {
 		t.Error("SetReadDeadline did not return ErrDeadlineUnsupported")
 	}
 }
+
+// An application that reads nothing for a while: what the client sends
+// in many small writes queues on the server (bounded by the stream's
+// window, which holds the client back) and arrives whole and in order once
+// the application reads.
+func TestSlowApplicationGetsEverythingInOrder(t *testing.T) {
+	got := make(chan []byte, 1)
+	release := make(chan struct{})
+	app := startApp(t, func(c net.Conn) {
+		<-release
+		b, _ := io.ReadAll(c)
+		got <- b
+	})
+	e := newEnv(t)
+	tun, err := e.pool.Dial(context.Background(), e.key(), app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	// More than the stream window and every socket buffer on the way
+	// can hold.
+	msg := make([]byte, 16<<20)
+	rand.Read(msg)
+	sent := make(chan error, 1)
+	go func() {
+		for p := msg; len(p) > 0; p = p[min(len(p), 4000):] {
+			if _, err := tun.Write(p[:min(len(p), 4000)]); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- tun.CloseWrite()
+	}()
+	select {
+	case err := <-sent:
+		t.Fatalf("the client sent everything (%v) while the application read nothing: flow control did not hold it back", err)
+	case <-time.After(200 * time.Millisecond): // long enough to fill the window
+	}
+	close(release)
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; !bytes.Equal(b, msg) {
+		t.Fatalf("application read %d bytes, not the %d sent in order", len(b), len(msg))
+	}
+}

@@ -8,9 +8,11 @@ import (
 	"sync"
 )
 
-// bufferSize is the copy buffer: large, since a buffer costs a syscall per
-// fill and HBONE frames are up to 1 MiB.
-const bufferSize = 256 << 10
+// bufferSize is the copy buffer of the plain-TCP paths (passthrough and
+// plaintext inbound; HBONE tunnels use Tunnel.Pipe). Two per connection,
+// kept in a pool: 32 KiB, the size io.Copy picks, keeps a node with many
+// idle connections small.
+const bufferSize = 32 << 10
 
 var buffers = sync.Pool{New: func() any { b := make([]byte, bufferSize); return &b }}
 
