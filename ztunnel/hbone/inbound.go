@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"time"
@@ -85,9 +86,11 @@ func (h *inbound) serve(st *stream, req request) {
 	}
 	tr.Duration = time.Since(start)
 	h.s.obs.Closed(conn, tr)
-	h.s.log.Info("connection closed",
-		"src_identity", h.peer.Identity.String(), "src", h.peer.Addr, "dst", dst,
-		"received", tr.Received, "sent", tr.Sent, "duration", tr.Duration, "error", err)
+	if h.s.log.Enabled(context.Background(), slog.LevelInfo) { // ztunnel keeps it off: its access log says it
+		h.s.log.Info("connection closed",
+			"src_identity", h.peer.Identity.String(), "src", h.peer.Addr, "dst", dst,
+			"received", tr.Received, "sent", tr.Sent, "duration", tr.Duration, "error", err)
+	}
 }
 
 // refuse answers a CONNECT with an error status and reports it. The body
