@@ -62,6 +62,7 @@ done
 for svc in productpage details reviews ratings; do
   $kubectl -n $ns exec "$client" -- curl -sS --max-time 3 "http://$svc:9080/" >/dev/null
 done
+sleep 1.2   # ztunnel writes its access log at least once a second
 printf '  requests again, now over HBONE (mutual TLS 1.3 on port 15008); the destination ztunnels logged:\n'
 for z in $($kubectl -n cairn-system get pods -l app=ztunnel -o name); do
   $kubectl -n cairn-system logs "$z" 2>/dev/null | grep '"reporter":"destination"' | grep -v '"error"' |

@@ -2,11 +2,14 @@ package telemetry
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"maps"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -171,4 +174,51 @@ func sum(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return total
+}
+
+// Access-log lines are held until a flush, never split, and all written
+// by the time Run returns.
+func TestLogBuffer(t *testing.T) {
+	var out lockedWriter
+	b := NewLogBuffer(&out)
+	line := strings.Repeat("x", 1000) + "\n"
+	for range 10 {
+		if _, err := io.WriteString(b, line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := out.len(); n != 0 {
+		t.Fatalf("%d bytes reached the output before a flush", n)
+	}
+	for range 100 { // more than the buffer holds
+		io.WriteString(b, line)
+	}
+	if n := out.len(); n == 0 || n%len(line) != 0 {
+		t.Fatalf("a full buffer wrote %d bytes: want whole lines", n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.Run(ctx, time.Hour); close(done) }()
+	cancel()
+	<-done
+	if n := out.len(); n != 110*len(line) {
+		t.Fatalf("after Run returned, %d bytes written, want %d", n, 110*len(line))
+	}
+}
+
+type lockedWriter struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+func (w *lockedWriter) len() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Len()
 }

@@ -5,10 +5,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 
 	"github.com/cairnmesh/cairn/internal/version"
 	"github.com/cairnmesh/cairn/ztunnel/daemon"
+	"github.com/cairnmesh/cairn/ztunnel/telemetry"
 )
 
 func main() {
@@ -47,7 +50,8 @@ istiod-lite's CA, one per service account with pods on the node.
 Ports inside each enrolled pod: 15001 outbound, 15006 inbound plaintext,
 15008 inbound HBONE. On the node: 15000 admin (localhost: /config_dump,
 /debug/connections, /debug/pprof/), 15020 metrics (/metrics), 15021 readiness
-(/healthz/ready). One JSON access-log line per connection on standard output;
+(/healthz/ready). One JSON access-log line per connection on standard output (written
+at least every second);
 ztunnel's own logs on standard error.
 
 On SIGTERM it reports not ready, keeps the pods' listeners open for
@@ -59,9 +63,14 @@ On SIGTERM it reports not ready, keeps the pods' listeners open for
 		Args:          cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
-			cfg.AccessLog = slog.New(slog.NewJSONHandler(os.Stdout, nil)).With("log", "access")
+			access := telemetry.NewLogBuffer(os.Stdout)
+			cfg.AccessLog = slog.New(slog.NewJSONHandler(access, nil)).With("log", "access")
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			flushCtx, stopFlush := context.WithCancel(context.Background())
+			var flushed sync.WaitGroup
+			flushed.Go(func() { access.Run(flushCtx, telemetry.FlushInterval) })
+			defer func() { stopFlush(); flushed.Wait() }() // the last lines too
 			cfg.Logger.Info("starting ztunnel", "version", version.Version(), "node", cfg.NodeName)
 			return daemon.Run(ctx, cfg)
 		},
