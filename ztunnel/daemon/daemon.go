@@ -22,13 +22,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/cairnmesh/cairn/internal/kubeclient"
 	"github.com/cairnmesh/cairn/internal/nodepath"
 	"github.com/cairnmesh/cairn/ztunnel/admin"
 	"github.com/cairnmesh/cairn/ztunnel/capture"
@@ -88,6 +83,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	defer kube.Close()
 	node, err := waitNode(ctx, kube, cfg.NodeName, log)
 	if err != nil {
 		return err
@@ -298,26 +294,31 @@ func keepInstalled(ctx context.Context, in cni.Install, log *slog.Logger) error 
 	}
 }
 
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
-	var rc *rest.Config
-	var err error
-	if kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
+func kubeClient(kubeconfig string) (*kubeclient.Client, error) {
+	kc, err := kubeclient.Load(kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("the Kubernetes client configuration: %w", err)
 	}
-	return kubernetes.NewForConfig(rc)
+	kube, err := kubeclient.New(kc, kubeclient.WithUserAgent("ztunnel"))
+	if err != nil {
+		return nil, fmt.Errorf("the Kubernetes client: %w", err)
+	}
+	return kube, nil
 }
 
+// nodeReadTimeout bounds one attempt to read the Node, so that an API
+// server that accepted the connection and then stalled is tried again.
+const nodeReadTimeout = 10 * time.Second
+
 // waitNode reads ztunnel's Node, retrying while the API server is away.
-func waitNode(ctx context.Context, kube kubernetes.Interface, name string, log *slog.Logger) (*corev1.Node, error) {
+func waitNode(ctx context.Context, kube *kubeclient.Client, name string, log *slog.Logger) (*kubeclient.Node, error) {
 	for delay := 200 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
-		node, err := kube.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		var node kubeclient.Node
+		actx, cancel := context.WithTimeout(ctx, nodeReadTimeout)
+		err := kube.Get(actx, kubeclient.Nodes, "", name, &node)
+		cancel()
 		if err == nil {
-			return node, nil
+			return &node, nil
 		}
 		log.Warn("reading this node; retrying", "node", name, "err", err)
 		select {
@@ -330,14 +331,15 @@ func waitNode(ctx context.Context, kube kubernetes.Interface, name string, log *
 
 // daemonSetGone says whether ztunnel's DaemonSet was deleted (an
 // uninstall), as opposed to a restart or an update.
-func daemonSetGone(kube kubernetes.Interface, ns, name string) (bool, error) {
+func daemonSetGone(kube *kubeclient.Client, ns, name string) (bool, error) {
 	if name == "" {
 		return false, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	ds, err := kube.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
+	var ds kubeclient.DaemonSet
+	err := kube.Get(ctx, kubeclient.DaemonSets, ns, name, &ds)
+	if kubeclient.IsNotFound(err) {
 		return true, nil
 	}
 	if err != nil {

@@ -11,27 +11,20 @@
 package nodeagent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
-
-	"github.com/cairnmesh/cairn/internal/ambient"
+	"github.com/cairnmesh/cairn/internal/ambient/dataplane"
+	"github.com/cairnmesh/cairn/internal/kubeclient"
+	"github.com/cairnmesh/cairn/internal/kubewatch"
 	"github.com/cairnmesh/cairn/ztunnel/cni"
 )
 
@@ -39,7 +32,7 @@ import (
 type Pod struct {
 	Namespace      string
 	Name           string
-	UID            types.UID
+	UID            string
 	ServiceAccount string
 	IPs            []netip.Addr
 	Netns          string // path of the pod's network namespace, as ztunnel sees it
@@ -60,7 +53,7 @@ type Capturer interface {
 // Config configures an Agent.
 type Config struct {
 	Node     string
-	Kube     kubernetes.Interface
+	Kube     *kubeclient.Client
 	Capturer Capturer
 	// FindNetns returns the path of the network namespace that holds ip,
 	// for pods found running (not announced by cairn-cni).
@@ -73,13 +66,11 @@ type Config struct {
 
 // Agent keeps the node's enrolled pods captured. It implements cni.Handler.
 type Agent struct {
-	cfg       Config
-	log       *slog.Logger
-	factory   informers.SharedInformerFactory
-	nsFactory informers.SharedInformerFactory
-	pods      cache.SharedIndexInformer
-	nss       cache.SharedIndexInformer
-	queue     workqueue.TypedRateLimitingInterface[string]
+	cfg   Config
+	log   *slog.Logger
+	pods  *kubewatch.Informer[kubeclient.Pod]       // this node's
+	nss   *kubewatch.Informer[kubeclient.Namespace] // all, for their labels
+	queue *queue
 
 	// opMu serialises captures and releases from both paths (the watch
 	// and cairn-cni), so one pod is never captured twice at once.
@@ -103,48 +94,36 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{
-		cfg: cfg,
-		log: cfg.Log,
-		factory: informers.NewSharedInformerFactoryWithOptions(cfg.Kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.Node).String()
-		})),
-		nsFactory: informers.NewSharedInformerFactory(cfg.Kube, 0),
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 30*time.Second),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ztunnel-pods"}),
-		captured: make(map[string]Pod),
-	}
-	a.pods = a.factory.Core().V1().Pods().Informer()
-	a.nss = a.nsFactory.Core().V1().Namespaces().Informer()
-	enqueuePod := func(obj any) {
-		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-			a.queue.Add(key)
-		}
-	}
-	if _, err := a.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: enqueuePod, UpdateFunc: func(_, o any) { enqueuePod(o) }, DeleteFunc: enqueuePod,
-	}); err != nil {
+	a := &Agent{cfg: cfg, log: cfg.Log, queue: newQueue(), captured: make(map[string]Pod)}
+	enqueuePod := func(p *kubeclient.Pod) { a.queue.Add(p.Key()) }
+	var err error
+	a.pods, err = kubewatch.New(kubewatch.Config[kubeclient.Pod]{
+		Client: cfg.Kube, Resource: kubeclient.Pods,
+		Options: kubeclient.ListOptions{FieldSelector: "spec.nodeName=" + cfg.Node},
+		Handler: kubewatch.Handler[kubeclient.Pod]{
+			OnAdd: enqueuePod, OnUpdate: func(_, p *kubeclient.Pod) { enqueuePod(p) }, OnDelete: enqueuePod,
+		},
+		Log: cfg.Log.With("watch", "pods"),
+	})
+	if err != nil {
 		return nil, fmt.Errorf("nodeagent: watching pods: %w", err)
 	}
-	enqueueNamespace := func(obj any) {
-		ns, ok := obj.(*corev1.Namespace)
-		if !ok {
-			if t, isTomb := obj.(cache.DeletedFinalStateUnknown); isTomb {
-				ns, ok = t.Obj.(*corev1.Namespace)
+	// A namespace's labels decide for its pods: requeue them all.
+	enqueueNamespace := func(ns *kubeclient.Namespace) {
+		for _, p := range a.pods.List() {
+			if p.Namespace == ns.Name {
+				a.queue.Add(p.Key())
 			}
 		}
-		if !ok {
-			return
-		}
-		pods, _ := a.factory.Core().V1().Pods().Lister().Pods(ns.Name).List(labels.Everything())
-		for _, p := range pods {
-			a.queue.Add(p.Namespace + "/" + p.Name)
-		}
 	}
-	if _, err := a.nss.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: enqueueNamespace, UpdateFunc: func(_, o any) { enqueueNamespace(o) }, DeleteFunc: enqueueNamespace,
-	}); err != nil {
+	a.nss, err = kubewatch.New(kubewatch.Config[kubeclient.Namespace]{
+		Client: cfg.Kube, Resource: kubeclient.Namespaces,
+		Handler: kubewatch.Handler[kubeclient.Namespace]{
+			OnAdd: enqueueNamespace, OnUpdate: func(_, ns *kubeclient.Namespace) { enqueueNamespace(ns) }, OnDelete: enqueueNamespace,
+		},
+		Log: cfg.Log.With("watch", "namespaces"),
+	})
+	if err != nil {
 		return nil, fmt.Errorf("nodeagent: watching namespaces: %w", err)
 	}
 	return a, nil
@@ -154,26 +133,28 @@ func New(cfg Config) (*Agent, error) {
 // ztunnel that stops for an upgrade leaves the rules in place for the next
 // one (released pods are those that leave the mesh, not the process).
 func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
 	defer a.queue.ShutDown()
-	a.factory.Start(ctx.Done())
-	a.nsFactory.Start(ctx.Done())
-	defer a.factory.Shutdown()
-	defer a.nsFactory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), a.pods.HasSynced, a.nss.HasSynced) {
-		return fmt.Errorf("nodeagent: informers did not sync: %w", context.Cause(ctx))
+	wg.Go(func() { _ = a.pods.Run(ctx) }) // returns nil when ctx ends
+	wg.Go(func() { _ = a.nss.Run(ctx) })
+	for _, synced := range []<-chan struct{}{a.pods.Synced(), a.nss.Synced()} {
+		select {
+		case <-synced:
+		case <-ctx.Done():
+			return fmt.Errorf("nodeagent: the pods and namespaces were not listed: %w", context.Cause(ctx))
+		}
 	}
 	a.mu.Lock()
 	a.synced = true
 	a.mu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	wg.Go(func() {
 		for a.next(ctx) {
 		}
-	}()
+	})
 	<-ctx.Done()
-	a.queue.ShutDown()
-	<-done
 	return nil
 }
 
@@ -192,27 +173,19 @@ func (a *Agent) Captured() []Pod {
 	for _, p := range a.captured {
 		out = append(out, p)
 	}
-	slices.SortFunc(out, func(x, y Pod) int {
-		if x.String() < y.String() {
-			return -1
-		}
-		if x.String() > y.String() {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(x, y Pod) int { return strings.Compare(x.String(), y.String()) })
 	return out
 }
 
 func (a *Agent) next(ctx context.Context) bool {
-	key, quit := a.queue.Get()
-	if quit {
+	key, ok := a.queue.Get()
+	if !ok {
 		return false
 	}
 	defer a.queue.Done(key)
 	if err := a.reconcile(ctx, key); err != nil {
 		a.log.Warn("capturing pod failed; will retry", "pod", key, "err", err)
-		a.queue.AddRateLimited(key)
+		a.queue.Retry(key)
 		return true
 	}
 	a.queue.Forget(key)
@@ -223,21 +196,12 @@ func (a *Agent) next(ctx context.Context) bool {
 func (a *Agent) reconcile(ctx context.Context, key string) error {
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
-	ns, name, err := cache.SplitMetaNamespaceKey(key)
-	if err != nil {
-		return nil // not a key of ours
-	}
-	pod, err := a.factory.Core().V1().Pods().Lister().Pods(ns).Get(name)
-	if apierrors.IsNotFound(err) {
-		pod = nil
-	} else if err != nil {
-		return fmt.Errorf("reading pod %s: %w", key, err)
-	}
+	pod, exists := a.pods.Get(key)
 	a.mu.Lock()
 	have, captured := a.captured[key]
 	a.mu.Unlock()
 
-	want := pod != nil && a.wanted(pod)
+	want := exists && a.wanted(pod)
 	switch {
 	case want && captured && have.UID == pod.UID:
 		return nil
@@ -251,9 +215,11 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 		if len(p.IPs) == 0 {
 			return nil // no IP yet: the update that brings one requeues it
 		}
-		if p.Netns, err = a.cfg.FindNetns(p.IPs[0]); err != nil {
+		netns, err := a.cfg.FindNetns(p.IPs[0])
+		if err != nil {
 			return fmt.Errorf("finding the network namespace of %s (%s): %w", key, p.IPs[0], err)
 		}
+		p.Netns = netns
 		return a.capture(ctx, key, p)
 	case captured:
 		return a.release(ctx, key, have)
@@ -263,15 +229,15 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 
 // wanted says whether a pod of the node should be captured: enrolled, and
 // neither finished nor being deleted.
-func (a *Agent) wanted(pod *corev1.Pod) bool {
-	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+func (a *Agent) wanted(pod *kubeclient.Pod) bool {
+	if pod.DeletionTimestamp != nil || pod.Status.Phase == kubeclient.PodSucceeded || pod.Status.Phase == kubeclient.PodFailed {
 		return false
 	}
-	ns, err := a.nsFactory.Core().V1().Namespaces().Lister().Get(pod.Namespace)
-	if err != nil {
-		ns = nil
+	var nsLabels map[string]string // nil while the namespace is unknown
+	if ns, ok := a.nss.Get(pod.Namespace); ok {
+		nsLabels = ns.Labels
 	}
-	return ambient.Enrolled(pod, ns)
+	return dataplane.Enrolled(pod.Labels, pod.Spec.HostNetwork, nsLabels)
 }
 
 func (a *Agent) capture(ctx context.Context, key string, p Pod) error {
@@ -298,19 +264,12 @@ func (a *Agent) release(ctx context.Context, key string, p Pod) error {
 	return nil
 }
 
-func podOf(pod *corev1.Pod) Pod {
-	p := Pod{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, ServiceAccount: cmpOr(pod.Spec.ServiceAccountName, "default")}
+func podOf(pod *kubeclient.Pod) Pod {
+	p := Pod{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, ServiceAccount: cmp.Or(pod.Spec.ServiceAccountName, "default")}
 	for _, ip := range pod.Status.PodIPs {
 		if addr, err := netip.ParseAddr(ip.IP); err == nil {
 			p.IPs = append(p.IPs, addr)
 		}
 	}
 	return p
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/cairnmesh/cairn/internal/ambient"
+	"github.com/cairnmesh/cairn/internal/kubeclient"
 	"github.com/cairnmesh/cairn/internal/testenv"
 	"github.com/cairnmesh/cairn/ztunnel/cni"
 )
@@ -70,9 +71,19 @@ func eventually(t *testing.T, what string, ok func() bool) {
 func startAgent(t *testing.T, node string) (*Agent, *fakeCapturer) {
 	t.Helper()
 	env := testenv.Get(t)
+	// The admin kubeconfig, read as ztunnel reads --kubeconfig.
+	kcfg, err := kubeclient.LoadKubeconfig(env.Server().KubeconfigPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kube, err := kubeclient.New(kcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kube.Close)
 	fc := &fakeCapturer{}
 	a, err := New(Config{
-		Node: node, Kube: env.Client(), Capturer: fc, CNIWait: 500 * time.Millisecond,
+		Node: node, Kube: kube, Capturer: fc, CNIWait: 500 * time.Millisecond,
 		FindNetns: func(ip netip.Addr) (string, error) { return "/var/run/netns/has-" + ip.String(), nil },
 	})
 	if err != nil {

@@ -6,9 +6,7 @@ import (
 	"net/netip"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
+	"github.com/cairnmesh/cairn/internal/kubeclient"
 	"github.com/cairnmesh/cairn/ztunnel/cni"
 )
 
@@ -24,7 +22,7 @@ func (a *Agent) Add(ctx context.Context, req cni.Pod) (cni.Reply, error) {
 	if err != nil {
 		return cni.Reply{}, err
 	}
-	if req.UID != "" && string(pod.UID) != req.UID {
+	if req.UID != "" && pod.UID != req.UID {
 		return cni.Reply{}, fmt.Errorf("pod %s/%s has uid %s, the runtime asked for %s", req.Namespace, req.Name, pod.UID, req.UID)
 	}
 	if !a.wanted(pod) {
@@ -65,7 +63,7 @@ func (a *Agent) Del(ctx context.Context, req cni.Pod) error {
 	a.mu.Lock()
 	have, captured := a.captured[key]
 	a.mu.Unlock()
-	if !captured || (req.UID != "" && string(have.UID) != req.UID) {
+	if !captured || (req.UID != "" && have.UID != req.UID) {
 		return nil
 	}
 	return a.release(ctx, key, have)
@@ -73,11 +71,10 @@ func (a *Agent) Del(ctx context.Context, req cni.Pod) error {
 
 // lookup finds a pod in the watch, waiting a little for a pod the API
 // server has just bound, then asks the API server itself.
-func (a *Agent) lookup(ctx context.Context, ns, name string) (*corev1.Pod, error) {
+func (a *Agent) lookup(ctx context.Context, ns, name string) (*kubeclient.Pod, error) {
 	deadline := time.Now().Add(a.cfg.CNIWait)
 	for {
-		pod, err := a.factory.Core().V1().Pods().Lister().Pods(ns).Get(name)
-		if err == nil {
+		if pod, ok := a.pods.Get(ns + "/" + name); ok {
 			return pod, nil
 		}
 		if time.Now().After(deadline) {
@@ -89,9 +86,9 @@ func (a *Agent) lookup(ctx context.Context, ns, name string) (*corev1.Pod, error
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	pod, err := a.cfg.Kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
+	var pod kubeclient.Pod
+	if err := a.cfg.Kube.Get(ctx, kubeclient.Pods, ns, name, &pod); err != nil {
 		return nil, fmt.Errorf("looking up pod %s/%s: %w", ns, name, err)
 	}
-	return pod, nil
+	return &pod, nil
 }
