@@ -197,6 +197,7 @@ func buildBinaries(repo, dir string) error {
 		{filepath.Join(repo, "bin") + "/", "./ztunnel/cmd/cairn-cni"},
 	} {
 		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build
 		cmd.Dir = repo
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build %s: %w\n%s", b.pkg, err, out)
