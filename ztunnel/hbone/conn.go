@@ -91,6 +91,7 @@ type conn struct {
 	peerWindow  int32  // the peer's initial stream window
 	peerStreams uint32 // the peer's stream limit
 	recvUnacked int64  // connection-level bytes consumed and not returned
+	handlers    int    // server: requests being served, reset or not
 	goAwaySent  bool
 	goAwayRecv  bool
 	err         error         // why the connection ended; set once
@@ -451,18 +452,29 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 	return nil
 }
 
+// maxWindow is the largest flow-control window HTTP/2 allows.
+const maxWindow = 1<<31 - 1
+
 func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	var overflow *stream
 	if f.StreamID == 0 {
 		c.sendWin += int64(f.Increment)
-		if c.sendWin > 1<<31-1 {
+		if c.sendWin > maxWindow {
+			c.mu.Unlock()
 			return http2.ConnectionError(http2.ErrCodeFlowControl)
 		}
 	} else if st := c.streams[f.StreamID]; st != nil {
 		st.sendWin += int64(f.Increment)
+		if st.sendWin > maxWindow {
+			overflow = st
+		}
 	}
 	c.wakeSendersLocked()
+	c.mu.Unlock()
+	if overflow != nil {
+		c.resetStream(overflow.id, http2.ErrCodeFlowControl, errors.New("hbone: peer's window update overflows the window"))
+	}
 	return nil
 }
 

@@ -44,12 +44,16 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	c.lastPeerID = id
-	refuse := c.goAwaySent || len(c.streams) >= maxConcurrentStreams
+	// The limit counts requests still being served, not open streams: a
+	// client that resets each stream at once (the "rapid reset" attack)
+	// must not start requests without bound.
+	refuse := c.goAwaySent || c.handlers >= maxConcurrentStreams
 	var st *stream
 	if !refuse {
 		st = newStream(c, id)
 		st.sendWin = int64(c.peerWindow)
 		c.streams[id] = st
+		c.handlers++
 	}
 	c.mu.Unlock()
 	if refuse {
@@ -67,6 +71,7 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		req.method == http.MethodConnect && (req.authority == "" || f.PseudoValue("scheme") != "" ||
 			f.PseudoValue("path") != "" || f.PseudoValue("protocol") != "")
 	if malformed && !req.truncated {
+		c.served()
 		c.resetStream(id, http2.ErrCodeProtocol, errors.New("hbone: malformed request"))
 		return nil
 	}
@@ -77,6 +82,14 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	c.onRequest(st, req)
 	return nil
+}
+
+// served is called when the server is done with a request onRequest was
+// given.
+func (c *conn) served() {
+	c.mu.Lock()
+	c.handlers--
+	c.mu.Unlock()
 }
 
 // endStream records the peer's end of st without data.
@@ -176,28 +189,37 @@ func (c *conn) openStream(ctx context.Context, authority string) (*stream, error
 	if err != nil {
 		return nil, err
 	}
+	var code int
 	select {
-	case code := <-st.resp:
-		if code == http.StatusOK {
-			return st, nil
-		}
-		buf := make([]byte, maxReasonBytes)
-		n := 0
-		for n < len(buf) {
-			k, err := st.read(ctx.Done(), buf[n:])
-			n += k
-			if err != nil {
-				break
-			}
-		}
-		st.cancel(http2.ErrCodeCancel, errors.New("refused"))
-		return nil, &StatusError{Code: code, Reason: trimReason(buf[:n])}
+	case code = <-st.resp:
 	case <-st.resetCh:
-		return nil, st.rerr
+		select {
+		case code = <-st.resp:
+			// Answered, then reset: a refusal ends so (RST_STREAM
+			// NO_ERROR after the answer tells us to stop sending).
+		default:
+			return nil, st.rerr
+		}
 	case <-ctx.Done():
 		st.cancel(http2.ErrCodeCancel, ctx.Err())
 		return nil, ctx.Err()
 	}
+	if code == http.StatusOK {
+		return st, nil
+	}
+	// The reason is in the body, which the reader has queued (or is
+	// about to): read what there is of it.
+	buf := make([]byte, maxReasonBytes)
+	n := 0
+	for n < len(buf) {
+		k, err := st.read(ctx.Done(), buf[n:])
+		n += k
+		if err != nil {
+			break
+		}
+	}
+	st.cancel(http2.ErrCodeCancel, errors.New("refused"))
+	return nil, &StatusError{Code: code, Reason: trimReason(buf[:n])}
 }
 
 // respond answers a request with status and, if not 200, a short

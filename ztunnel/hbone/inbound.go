@@ -31,6 +31,7 @@ func (h *inbound) admit(st *stream, req request) {
 // causes an onward connection.
 func (h *inbound) serve(st *stream, req request) {
 	defer h.s.active.done()
+	defer st.c.served()
 
 	if req.truncated {
 		h.refuse(st, Refusal{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: ReasonHeaders,
@@ -63,6 +64,9 @@ func (h *inbound) serve(st *stream, req request) {
 			h.refuse(st, Refusal{Destination: dst, Status: http.StatusForbidden, Reason: ReasonDenied, Err: err})
 			return
 		}
+	}
+	if st.isReset() {
+		return // the client gave up: no onward connection
 	}
 	dctx, cancel := context.WithTimeout(ctx, h.s.cfg.DialTimeout)
 	app, err := h.s.cfg.Dial(dctx, "tcp", dst.String())

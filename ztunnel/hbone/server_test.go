@@ -478,3 +478,77 @@ func TestRevokeEndsAnOpenTunnel(t *testing.T) {
 	}
 	eventually(t, "the revoked tunnel reported closed", func() bool { return len(e.obs.Closes()) == 1 })
 }
+
+// A client that opens streams and resets each at once (the HTTP/2 "rapid
+// reset" attack) gets no more requests served at a time than the stream
+// limit, the rest are refused, and a reset request never reaches the
+// application.
+func TestRapidResetIsBounded(t *testing.T) {
+	const limit = 1000 // the server's maxConcurrentStreams
+	var mu sync.Mutex
+	running, most := 0, 0
+	release := make(chan struct{})
+	e := newEnv(t, func(_ *env, s *hbone.ServerConfig, _ *hbone.PoolConfig) {
+		s.Authorize = func(ctx context.Context, _ hbone.Peer, _ netip.AddrPort) error {
+			mu.Lock()
+			running++
+			most = max(most, running)
+			mu.Unlock()
+			<-release
+			mu.Lock()
+			running--
+			mu.Unlock()
+			return nil
+		}
+	})
+	c := tlsDial(t, e, "h2")
+	c.SetDeadline(time.Now().Add(30 * time.Second)) // a safety net only
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings()
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	enc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
+	enc.WriteField(hpack.HeaderField{Name: ":authority", Value: e.app.String()})
+	const streams = limit + 200
+	refused := make(chan int, 1)
+	go func() {
+		n := 0
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				refused <- n
+				return
+			}
+			if r, ok := f.(*http2.RSTStreamFrame); ok && r.ErrCode == http2.ErrCodeRefusedStream {
+				if n++; n == streams-limit {
+					refused <- n
+					return
+				}
+			}
+		}
+	}()
+	for i := range streams {
+		id := uint32(2*i + 1)
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block.Bytes(), EndHeaders: true})
+		fr.WriteRSTStream(id, http2.ErrCodeCancel)
+	}
+	if n := <-refused; n != streams-limit {
+		t.Errorf("%d streams refused, want %d", n, streams-limit)
+	}
+	close(release)
+	mu.Lock()
+	got := most
+	mu.Unlock()
+	if got > limit {
+		t.Errorf("%d requests served at once, want at most %d", got, limit)
+	}
+	eventually(t, "the released requests to finish", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return running == 0
+	})
+	if n := e.appDials.Load(); n != 0 {
+		t.Errorf("reset requests dialed the application %d times", n)
+	}
+}
