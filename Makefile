@@ -79,7 +79,7 @@ tools: $(GEN_TOOLS) protoc
 
 .PHONY: protoc
 protoc:
-	$(call apt-need,protoc,protobuf-compiler)
+	$(call apt-need,protoc,protobuf-compiler libprotobuf-dev)
 
 .PHONY: generate
 generate: tools

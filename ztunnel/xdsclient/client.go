@@ -9,12 +9,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/structpb"
 
+	xdsv1 "github.com/cairnmesh/cairn/apis/xdsclient/v1"
 	"github.com/cairnmesh/cairn/internal/retry"
 	"github.com/cairnmesh/cairn/internal/version"
 )
@@ -29,7 +27,7 @@ type Client struct {
 	log     *slog.Logger
 	obs     Observer
 	handler Handler
-	node    *core.Node
+	node    *xdsv1.Node
 	dial    []grpc.DialOption
 
 	// The state below belongs to Run's goroutine.
@@ -68,19 +66,23 @@ func New(cfg Config) (*Client, error) {
 		pending: len(cfg.TypeURLs),
 		synced:  make(chan struct{}),
 	}
-	c.node = &core.Node{
-		Id:                   cfg.NodeID,
-		UserAgentName:        UserAgentName,
-		UserAgentVersionType: &core.Node_UserAgentVersion{UserAgentVersion: version.Version()},
+	c.node = &xdsv1.Node{
+		Id:               cfg.NodeID,
+		UserAgentName:    UserAgentName,
+		UserAgentVersion: proto.String(version.Version()),
 	}
 	if len(cfg.NodeMetadata) > 0 {
-		fields := make(map[string]any, len(cfg.NodeMetadata))
+		fields := make(map[string]*xdsv1.MetadataValue, len(cfg.NodeMetadata))
 		for k, v := range cfg.NodeMetadata {
-			fields[k] = v
+			fields[k] = &xdsv1.MetadataValue{StringValue: proto.String(v)}
 		}
-		if c.node.Metadata, err = structpb.NewStruct(fields); err != nil {
-			return nil, fmt.Errorf("xdsclient: node metadata: %w", err)
-		}
+		c.node.Metadata = &xdsv1.Metadata{Fields: fields}
+	}
+	// Protobuf strings must be valid UTF-8. Marshaling the node once here
+	// turns a bad id or metadata into an error of New, instead of a failure
+	// of every stream Run would open.
+	if _, err := proto.Marshal(c.node); err != nil {
+		return nil, fmt.Errorf("xdsclient: node: %w", err)
 	}
 	for _, url := range cfg.TypeURLs {
 		newMsg, _ := cfg.Registry.decoder(url) // checked by withDefaults
@@ -114,11 +116,10 @@ func (c *Client) Run(ctx context.Context) error {
 		return fmt.Errorf("xdsclient: client for %s: %w", c.cfg.Address, err)
 	}
 	defer conn.Close()
-	ads := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn)
 
 	bo := &retry.Backoff{Base: c.cfg.BackoffBase, Max: c.cfg.BackoffMax}
 	for {
-		lived, err := c.stream(ctx, ads)
+		lived, err := c.stream(ctx, conn)
 		if ctx.Err() != nil {
 			c.log.Info("xDS client stopped")
 			return nil

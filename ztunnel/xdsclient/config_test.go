@@ -78,8 +78,26 @@ func TestDefaultsAndNode(t *testing.T) {
 	if c.node.GetId() != "worker-1~ztunnel-x7k2p.cairn-system" {
 		t.Errorf("node id %q", c.node.GetId())
 	}
-	if got := c.node.GetMetadata().GetFields()["NODE_NAME"]; got.GetKind() == nil || got.GetStringValue() != "worker-1" {
+	if got := c.node.GetMetadata().GetFields()["NODE_NAME"]; got.StringValue == nil || got.GetStringValue() != "worker-1" {
 		t.Errorf("node metadata %v", c.node.GetMetadata())
+	}
+	if c.node.GetUserAgentName() != UserAgentName || c.node.UserAgentVersion == nil {
+		t.Errorf("node user agent %q version %v", c.node.GetUserAgentName(), c.node.UserAgentVersion)
+	}
+}
+
+// TestNodeMustMarshal: protobuf strings are UTF-8, so a node id or metadata
+// that is not fails New rather than every stream.
+func TestNodeMustMarshal(t *testing.T) {
+	for name, cfg := range map[string]Config{
+		"id":             {NodeID: "worker-\xff"},
+		"metadata key":   {NodeID: "n", NodeMetadata: map[string]string{"\xff": "v"}},
+		"metadata value": {NodeID: "n", NodeMetadata: map[string]string{"k": "\xff"}},
+	} {
+		cfg.TypeURLs, cfg.Handler, cfg.Insecure = []string{AddressTypeURL}, HandlerFunc(func(Update) error { return nil }), true
+		if _, err := New(cfg); err == nil {
+			t.Errorf("New accepted a node whose %s is not UTF-8", name)
+		}
 	}
 }
 

@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"maps"
 
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	xdsv1 "github.com/cairnmesh/cairn/apis/xdsclient/v1"
 )
 
 // maxReported bounds how many bad resources a NACK names, so that its
@@ -18,7 +19,7 @@ const maxReported = 5
 // resources. Any resource that cannot be decoded fails the whole response:
 // applying the rest would leave the handler with a state the control plane
 // never had.
-func (t *typeState) decode(resp *discoverygrpc.DeltaDiscoveryResponse) (Update, map[string]string, error) {
+func (t *typeState) decode(resp *xdsv1.DeltaDiscoveryResponse) (Update, map[string]string, error) {
 	u := Update{
 		TypeURL:       t.url,
 		Resources:     make(map[string]proto.Message, len(resp.GetResources())),

@@ -55,7 +55,9 @@ func eventually(t *testing.T, what string, cond func() bool) {
 
 // fakeADS is a scripted delta ADS server: it hands each new stream to the
 // test, which reads the client's requests and sends responses by hand, so
-// that every nonce and version is the test's own.
+// that every nonce and version is the test's own. It is built on
+// go-control-plane's generated Envoy types, so every test also checks that
+// the client's own messages and Envoy's agree on the wire.
 type fakeADS struct {
 	discoverygrpc.UnimplementedAggregatedDiscoveryServiceServer
 	streams chan *fakeStream

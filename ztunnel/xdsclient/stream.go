@@ -7,10 +7,10 @@ import (
 	"io"
 	"time"
 
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+
+	xdsv1 "github.com/cairnmesh/cairn/apis/xdsclient/v1"
 )
 
 // wildcard subscribes to every resource of a type. The client sends it
@@ -18,23 +18,45 @@ import (
 // request, which servers may turn off.
 const wildcard = "*"
 
-type adsStream = grpc.BidiStreamingClient[discoverygrpc.DeltaDiscoveryRequest, discoverygrpc.DeltaDiscoveryResponse]
+// deltaADSMethod is Envoy's delta ADS method, which istiod-lite serves.
+// The stream is opened by name with gRPC's generic stream API: its messages
+// are apis/xdsclient/v1's, the wire-compatible subset of Envoy's, so no
+// generated Envoy client (and none of Envoy's descriptors) is linked.
+const deltaADSMethod = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+
+// deltaADSDesc describes the method: a bidirectional stream.
+var deltaADSDesc = grpc.StreamDesc{
+	StreamName:    "DeltaAggregatedResources",
+	ClientStreams: true,
+	ServerStreams: true,
+}
+
+type adsStream = grpc.BidiStreamingClient[xdsv1.DeltaDiscoveryRequest, xdsv1.DeltaDiscoveryResponse]
+
+// openStream opens a delta ADS stream on conn.
+func openStream(ctx context.Context, conn grpc.ClientConnInterface) (adsStream, error) {
+	cs, err := conn.NewStream(ctx, &deltaADSDesc, deltaADSMethod)
+	if err != nil {
+		return nil, err
+	}
+	return &grpc.GenericClientStream[xdsv1.DeltaDiscoveryRequest, xdsv1.DeltaDiscoveryResponse]{ClientStream: cs}, nil
+}
 
 // stream runs one ADS stream until it fails or ctx ends. It returns how
 // long the stream was open (zero if it never opened) and why it ended.
 // Everything happens on the caller's goroutine: each response is applied
 // and answered before the next is read, so ACKs go out in order.
-func (c *Client) stream(ctx context.Context, ads discoverygrpc.AggregatedDiscoveryServiceClient) (time.Duration, error) {
+func (c *Client) stream(ctx context.Context, conn grpc.ClientConnInterface) (time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the stream, whichever way this returns
-	s, err := ads.DeltaAggregatedResources(ctx)
+	s, err := openStream(ctx, conn)
 	if err != nil {
 		return 0, fmt.Errorf("opening stream: %w", err)
 	}
 	opened := time.Now()
 	held := 0
 	for i, t := range c.order {
-		req := &discoverygrpc.DeltaDiscoveryRequest{
+		req := &xdsv1.DeltaDiscoveryRequest{
 			TypeUrl:                 t.url,
 			ResourceNamesSubscribe:  []string{wildcard},
 			InitialResourceVersions: t.versions,
@@ -75,7 +97,7 @@ func (c *Client) serve(s adsStream) error {
 
 // send sends req. When the stream has ended, gRPC's Send says only io.EOF;
 // the status that says why comes from Recv.
-func send(s adsStream, req *discoverygrpc.DeltaDiscoveryRequest) error {
+func send(s adsStream, req *xdsv1.DeltaDiscoveryRequest) error {
 	err := s.Send(req)
 	if errors.Is(err, io.EOF) {
 		if _, rerr := s.Recv(); rerr != nil {
@@ -86,9 +108,9 @@ func send(s adsStream, req *discoverygrpc.DeltaDiscoveryRequest) error {
 }
 
 // handle applies one response and returns its ACK or NACK.
-func (c *Client) handle(resp *discoverygrpc.DeltaDiscoveryResponse) *discoverygrpc.DeltaDiscoveryRequest {
+func (c *Client) handle(resp *xdsv1.DeltaDiscoveryResponse) *xdsv1.DeltaDiscoveryRequest {
 	url := resp.GetTypeUrl()
-	reply := &discoverygrpc.DeltaDiscoveryRequest{TypeUrl: url, ResponseNonce: resp.GetNonce()}
+	reply := &xdsv1.DeltaDiscoveryRequest{TypeUrl: url, ResponseNonce: resp.GetNonce()}
 	t, ok := c.types[url]
 	if !ok {
 		return c.nack(reply, url, fmt.Errorf("type %q was not subscribed to", url))
@@ -128,8 +150,8 @@ func (c *Client) handle(resp *discoverygrpc.DeltaDiscoveryResponse) *discoverygr
 
 // nack turns reply into a NACK for err. The versions of the type stay as
 // they were: they describe what the handler holds.
-func (c *Client) nack(reply *discoverygrpc.DeltaDiscoveryRequest, label string, err error) *discoverygrpc.DeltaDiscoveryRequest {
-	reply.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+func (c *Client) nack(reply *xdsv1.DeltaDiscoveryRequest, label string, err error) *xdsv1.DeltaDiscoveryRequest {
+	reply.ErrorDetail = &xdsv1.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 	c.obs.NACK(reply.GetTypeUrl(), err)
 	c.log.Warn("xDS NACK", "type", label, "nonce", reply.GetResponseNonce(), "err", err)
 	return reply
