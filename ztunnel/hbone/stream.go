@@ -120,14 +120,16 @@ func (st *stream) isReset() bool {
 	}
 }
 
-// cancel resets the stream from our side with code.
+// cancel resets the stream from our side with code. The RST_STREAM is
+// queued like the reader's frames, not written here: cancel also runs on
+// the reader, which must never wait on a peer that does not read.
 func (st *stream) cancel(code http2.ErrCode, why error) {
 	if st.isReset() {
 		return
 	}
 	st.failed(fmt.Errorf("%w: %w", errStreamCancelled, why))
+	st.c.queueControl(controlFrame{typ: http2.FrameRSTStream, stream: st.id, val: uint32(code)})
 	st.c.forget(st)
-	_ = st.c.write(func() error { return st.c.wfr.WriteRSTStream(st.id, code) })
 }
 
 // receive takes a DATA payload on the reader goroutine. It must not block.
