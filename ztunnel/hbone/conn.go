@@ -39,8 +39,8 @@ const (
 	maxFrameSize     = 64 << 10
 	streamWindow     = 4 << 20
 	connectionWindow = 8 * streamWindow
-	// windowUpdateAt: consumed bytes are returned to the peer once they
-	// reach this share of a window, not after every frame.
+	// windowUpdateDivisor: consumed bytes are returned to the peer once
+	// they reach this share of a window, not after every frame.
 	windowUpdateDivisor = 4
 	// maxConcurrentStreams is what a server accepts on one connection;
 	// the pool opens fewer (PoolConfig.MaxStreamsPerConn).
@@ -64,9 +64,11 @@ var errConnClosed = errors.New("hbone: connection closed")
 // without blocking; a stream gets a goroutine of its own only while its
 // destination is slower than its peer. Writes happen on the writer's own
 // goroutine under wmu, several frames and TLS records gathered into one
-// write. The reader never writes: the frames it owes (SETTINGS and PING
+// write. The reader does not write: the frames it owes (SETTINGS and PING
 // acknowledgements, window updates, resets) are queued and written by the
-// next writer, or by the connection's control writer if nobody writes.
+// next writer, or by the connection's control writer if nobody writes. Its
+// one exception is the last write before it closes the connection (a
+// GOAWAY), bounded by lastWriteTimeout.
 type conn struct {
 	tc     *tls.Conn
 	bc     *batchConn // under tc: gathers TLS records into one write
@@ -101,8 +103,9 @@ type conn struct {
 	err         error         // why the connection ended; set once
 	done        chan struct{} // closed when err is set
 
-	// onGoAway is told once, without locks held, when the peer sends
-	// GOAWAY or the connection ends (client side: the pool stops using it).
+	// onGoAway is told once when the peer sends GOAWAY or the connection
+	// ends (client side: the pool stops using it). It may run under wmu
+	// and must not block.
 	onGoAway   func()
 	goAwayOnce sync.Once
 	// onRequest is told of each new stream a client opens (server side),
