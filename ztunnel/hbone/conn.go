@@ -677,11 +677,34 @@ func (c *conn) reserveSend(st *stream, want int) (int, error) {
 // batchConn sits under TLS and gathers the records of one write call of
 // ours into a single write to the socket: crypto/tls writes every record
 // (16 KiB at most) on its own, and a frame is many records.
+//
+// When the connection is a socket, reads and the gathered writes go
+// through a rawSocket.
 type batchConn struct {
 	net.Conn
+	rs        *rawSocket
 	mu        sync.Mutex
 	gathering bool
 	buf       []byte
+}
+
+func newBatchConn(c net.Conn) *batchConn {
+	return &batchConn{Conn: c, rs: newRawSocket(c)}
+}
+
+func (b *batchConn) Read(p []byte) (int, error) {
+	if b.rs != nil {
+		return b.rs.Read(p)
+	}
+	return b.Conn.Read(p)
+}
+
+// out is where gathered bytes go.
+func (b *batchConn) out(p []byte) (int, error) {
+	if b.rs != nil {
+		return b.rs.Write(p)
+	}
+	return b.Conn.Write(p)
 }
 
 // largeBatch: a batch buffer grown past this goes back to the pool after
@@ -694,7 +717,7 @@ func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.gathering {
-		return b.Conn.Write(p)
+		return b.out(p)
 	}
 	if len(b.buf)+len(p) > cap(b.buf) && cap(b.buf) < largeBatch {
 		bp := batchBuffers.Get().(*[]byte)
@@ -719,7 +742,7 @@ func (b *batchConn) flush() error {
 	if len(b.buf) == 0 {
 		return nil
 	}
-	_, err := b.Conn.Write(b.buf)
+	_, err := b.out(b.buf)
 	if cap(b.buf) >= largeBatch {
 		buf := b.buf[:0]
 		batchBuffers.Put(&buf)

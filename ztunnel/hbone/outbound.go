@@ -21,7 +21,7 @@ func (p *Pool) connect(ctx context.Context, key Key) (*poolConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hbone: dialing %s: %w", key.Address, err)
 	}
-	bc := &batchConn{Conn: raw}
+	bc := newBatchConn(raw)
 	tc := tls.Client(bc, clientTLSConfig(src, p.cfg.Bundle, key.Destination, p.cfg.CertificateWait))
 	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout+p.cfg.CertificateWait)
 	err = tc.HandshakeContext(hctx)

@@ -216,7 +216,7 @@ func (s *Server) admit() bool {
 func (s *Server) serveConn(c net.Conn) {
 	defer s.active.done()
 	peerAddr := addrPort(c.RemoteAddr())
-	bc := &batchConn{Conn: c}
+	bc := newBatchConn(c)
 	tc := tls.Server(bc, s.tlsConfig)
 	if !s.trackConn(tc) {
 		c.Close()

@@ -10,10 +10,8 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/sys/unix"
 )
 
 // stream is one CONNECT tunnel on a conn.
@@ -54,8 +52,8 @@ type stream struct {
 	delivered bool  // ... and that end has been passed on
 	recvDone  chan struct{}
 	sink      net.Conn
-	raw       syscall.RawConn // the sink's, for writes that must not block
-	draining  bool            // a drain goroutine owns writes to the sink
+	raw       *rawSocket // the sink's, if it is a socket
+	draining  bool       // a drain goroutine owns writes to the sink
 	drainWG   sync.WaitGroup
 	down      int64 // bytes delivered to the sink or to Read
 	sendEnd   bool  // we ended our side
@@ -153,7 +151,7 @@ func (st *stream) receive(data []byte, end bool) error {
 		return nil
 	}
 	if len(data) > 0 && st.queued == 0 && st.raw != nil && !st.draining {
-		n, err := writeNow(st.raw, data)
+		n, err := st.raw.writeNow(data)
 		consumed = int64(n)
 		st.down += int64(n)
 		data = data[n:]
@@ -462,10 +460,7 @@ var errStreamCancelled = errors.New("hbone: stream cancelled")
 // attach makes sink the destination of received data and delivers what
 // is already queued.
 func (st *stream) attach(sink net.Conn) {
-	var raw syscall.RawConn
-	if sc, ok := sink.(syscall.Conn); ok {
-		raw, _ = sc.SyscallConn()
-	}
+	raw := newRawSocket(sink)
 	st.mu.Lock()
 	st.sink, st.raw = sink, raw
 	st.deliverLocked()
@@ -482,11 +477,15 @@ func (st *stream) sendFrom(sink net.Conn) (int64, error) {
 	bp := pool.Get().(*[]byte)
 	defer func() { pool.Put(bp) }()
 	maxPayload := min(int(st.c.peerFrameSize()), maxFrameSize)
+	var src io.Reader = sink
+	if rs := newRawSocket(sink); rs != nil {
+		src = rs
+	}
 	var sent int64
 	for {
 		buf := *bp
 		limit := min(len(buf)-frameHeaderLen, maxPayload)
-		n, rerr := sink.Read(buf[frameHeaderLen : frameHeaderLen+limit])
+		n, rerr := src.Read(buf[frameHeaderLen : frameHeaderLen+limit])
 		if n > 0 {
 			if err := st.sendFrame(buf[:frameHeaderLen+n]); err != nil {
 				return sent, err
@@ -513,35 +512,6 @@ func (c *conn) peerFrameSize() uint32 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.peerMaxSize
-}
-
-// writeNow writes as much of p as the socket takes without blocking.
-func writeNow(raw syscall.RawConn, p []byte) (int, error) {
-	var n int
-	var werr error
-	err := raw.Write(func(fd uintptr) bool {
-		for {
-			m, err := unix.Write(int(fd), p[n:])
-			if m > 0 {
-				n += m
-			}
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return true // the rest goes to the drain
-			case err != nil:
-				werr = err
-				return true
-			case n == len(p) || m == 0:
-				return true
-			}
-		}
-	})
-	if err != nil {
-		return n, err
-	}
-	return n, werr
 }
 
 // closeWrite half-closes c, or closes it if it cannot half-close.
