@@ -10,8 +10,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/cairnmesh/cairn/integration/labharness"
 	"github.com/cairnmesh/cairn/internal/manifest"
 )
 
@@ -64,38 +64,7 @@ func createNamespace(ctx context.Context, name string, labels map[string]string)
 // waitPods waits until n pods match selector in ns and all are Ready, and
 // returns them.
 func waitPods(ctx context.Context, ns, selector string, n int) ([]corev1.Pod, error) {
-	var pods []corev1.Pod
-	var last string
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		list, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
-		if err != nil {
-			return false, nil
-		}
-		pods = list.Items
-		var ready int
-		var states []string
-		for i := range pods {
-			if podReady(&pods[i]) && pods[i].DeletionTimestamp == nil {
-				ready++
-			}
-			states = append(states, fmt.Sprintf("%s %s ready=%v", pods[i].Name, pods[i].Status.Phase, podReady(&pods[i])))
-		}
-		last = strings.Join(states, "; ")
-		return len(pods) == n && ready == n, nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("waiting for %d Ready pods %q in %s: %w (pods: %s)", n, selector, ns, err, last)
-	}
-	return pods, nil
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
+	return labharness.WaitPods(ctx, client, ns, selector, n, 2*time.Minute)
 }
 
 // eventually retries f every 200 ms until it succeeds or timeout passes.

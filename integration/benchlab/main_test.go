@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/cairnmesh/cairn/integration/lab"
+	"github.com/cairnmesh/cairn/integration/labharness"
 	"github.com/cairnmesh/cairn/internal/kubeserver"
 )
 
@@ -106,7 +107,7 @@ func run(m *testing.M) int {
 	if _, err := os.Stat(filepath.Join(c.BinDir(), "fortio")); err != nil {
 		return skip("bin/fortio is missing (make lab-bins)")
 	}
-	if err := buildBinaries(c.RepoDir, filepath.Join(tmp, "bin")); err != nil {
+	if err := labharness.BuildBinaries(c.RepoDir, filepath.Join(tmp, "bin")); err != nil {
 		fmt.Fprintln(os.Stderr, "benchlab:", err)
 		return 1
 	}
@@ -183,25 +184,4 @@ func down(c lab.Config) bool {
 		return false
 	}
 	return true
-}
-
-// buildBinaries builds the lab command into dir, and the echo server,
-// istiod-lite, ztunnel and cairn-cni into <repo>/bin, where images
-// cairn/<name> find them, so the benchmark measures the checkout.
-func buildBinaries(repo, dir string) error {
-	for _, b := range []struct{ out, pkg string }{
-		{dir + "/", "./integration/cmd/lab"},
-		{filepath.Join(repo, "bin") + "/", "./integration/apps/echo/cmd/echoserver"},
-		{filepath.Join(repo, "bin") + "/", "./istiod-lite/cmd/istiod-lite"},
-		{filepath.Join(repo, "bin") + "/", "./ztunnel/cmd/ztunnel"},
-		{filepath.Join(repo, "bin") + "/", "./ztunnel/cmd/cairn-cni"},
-	} {
-		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build
-		cmd.Dir = repo
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %w\n%s", b.pkg, err, out)
-		}
-	}
-	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/cairnmesh/cairn/integration/lab"
+	"github.com/cairnmesh/cairn/integration/labharness"
 	"github.com/cairnmesh/cairn/internal/manifest"
 )
 
@@ -108,59 +109,17 @@ func curlEcho(t *testing.T, ns, pod, url string) (echoReply, error) {
 // returns them.
 func waitPods(t *testing.T, ns, selector string, n int) []corev1.Pod {
 	t.Helper()
-	ctx := testContext(t)
-	var pods []corev1.Pod
-	var last string
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
-		list, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
-		if err != nil {
-			return false, nil
-		}
-		pods = list.Items
-		var ready int
-		var states []string
-		for i := range pods {
-			if podReady(&pods[i]) && pods[i].DeletionTimestamp == nil {
-				ready++
-			}
-			states = append(states, podSummary(&pods[i]))
-		}
-		last = strings.Join(states, "; ")
-		return len(pods) == n && ready == n, nil
-	})
+	pods, err := labharness.WaitPods(testContext(t), client, ns, selector, n, 90*time.Second)
 	if err != nil {
-		t.Fatalf("waiting for %d Ready pods %q in %s: %v (pods: %s)", n, selector, ns, err, last)
+		t.Fatal(err)
 	}
 	return pods
 }
 
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-// podSummary describes a pod's state for failure messages.
-func podSummary(p *corev1.Pod) string {
-	s := fmt.Sprintf("%s %s on %q ip %s ready=%v", p.Name, p.Status.Phase, p.Spec.NodeName, p.Status.PodIP, podReady(p))
-	for _, cs := range p.Status.ContainerStatuses {
-		switch {
-		case cs.State.Waiting != nil:
-			s += fmt.Sprintf(" [%s waiting: %s %s]", cs.Name, cs.State.Waiting.Reason, cs.State.Waiting.Message)
-		case cs.State.Terminated != nil:
-			s += fmt.Sprintf(" [%s terminated: %s %d]", cs.Name, cs.State.Terminated.Reason, cs.State.Terminated.ExitCode)
-		}
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Status != corev1.ConditionTrue && c.Message != "" {
-			s += fmt.Sprintf(" (%s: %s)", c.Type, c.Message)
-		}
-	}
-	return s
-}
+var (
+	podReady   = labharness.PodReady
+	podSummary = labharness.PodSummary
+)
 
 // eventually retries f every 200ms until it succeeds or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/cairnmesh/cairn/integration/lab"
+	"github.com/cairnmesh/cairn/integration/labharness"
 	"github.com/cairnmesh/cairn/internal/kubeserver"
 )
 
@@ -72,7 +73,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "labtest:", err)
 		return 1
 	}
-	if err := buildBinaries(c.RepoDir, filepath.Join(tmp, "bin")); err != nil {
+	if err := labharness.BuildBinaries(c.RepoDir, filepath.Join(tmp, "bin")); err != nil {
 		fmt.Fprintln(os.Stderr, "labtest:", err)
 		return 1
 	}
@@ -191,27 +192,6 @@ func rootRules() string {
 		}
 	}
 	return b.String()
-}
-
-// buildBinaries builds the lab command into dir, and the echo server,
-// istiod-lite, ztunnel and cairn-cni into <repo>/bin, where images
-// cairn/<name> find them.
-func buildBinaries(repo, dir string) error {
-	for _, b := range []struct{ out, pkg string }{
-		{dir + "/", "./integration/cmd/lab"},
-		{filepath.Join(repo, "bin") + "/", "./integration/apps/echo/cmd/echoserver"},
-		{filepath.Join(repo, "bin") + "/", "./istiod-lite/cmd/istiod-lite"},
-		{filepath.Join(repo, "bin") + "/", "./ztunnel/cmd/ztunnel"},
-		{filepath.Join(repo, "bin") + "/", "./ztunnel/cmd/cairn-cni"},
-	} {
-		cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build
-		cmd.Dir = repo
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %w\n%s", b.pkg, err, out)
-		}
-	}
-	return nil
 }
 
 // setup skips the test when the lab is not there (no root locally).
