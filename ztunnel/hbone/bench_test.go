@@ -278,3 +278,71 @@ func BenchmarkRoundTrip(b *testing.B) {
 	client.(*net.TCPConn).CloseWrite()
 	<-piped
 }
+
+// BenchmarkFirstRequest is a new client connection that sends a 1 KiB
+// request and reads its echo, as an HTTP client without keep-alive does:
+// the captured connection is dialed a tunnel and piped, the time is from
+// the client's connect to the echo's last byte. first=wait holds the
+// request until the server's 200 (Dial); first=with-connect sends it
+// behind the CONNECT (DialFor), a round trip less.
+func BenchmarkFirstRequest(b *testing.B) {
+	for _, mode := range []string{"wait", "with-connect"} {
+		b.Run("first="+mode, func(b *testing.B) {
+			e := newEnv(b)
+			e.dial(b).Close() // the connection exists before timing
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer l.Close()
+			wg.Go(func() { // ztunnel's side: accept, dial, pipe
+				for {
+					captured, err := l.Accept()
+					if err != nil {
+						return
+					}
+					wg.Go(func() {
+						var tun *hbone.Tunnel
+						if mode == "wait" {
+							tun, err = e.pool.Dial(context.Background(), e.key(), e.app)
+						} else {
+							tun, err = e.pool.DialFor(context.Background(), e.key(), e.app, captured)
+						}
+						if err != nil {
+							b.Error(err)
+							captured.Close()
+							return
+						}
+						tun.Pipe(context.Background(), captured)
+						tun.Close()
+					})
+				}
+			})
+			msg := make([]byte, 1024)
+			got := make([]byte, len(msg))
+			times := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				c, err := net.Dial("tcp", l.Addr().String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, got); err != nil {
+					b.Fatal(err)
+				}
+				times = append(times, time.Since(start))
+				c.Close()
+			}
+			b.StopTimer()
+			slices.Sort(times)
+			b.ReportMetric(float64(times[len(times)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(times[len(times)*99/100].Microseconds()), "p99-µs")
+		})
+	}
+}

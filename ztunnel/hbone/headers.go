@@ -164,7 +164,9 @@ const maxReasonBytes = 256
 
 // openStream sends a CONNECT to authority and waits for the answer. A
 // status other than 200 is a *StatusError with the body's first bytes.
-func (c *conn) openStream(ctx context.Context, authority string) (*stream, error) {
+// first, if not nil, goes out right behind the CONNECT, in the same write,
+// when both windows have room for it; first.sent says whether it did.
+func (c *conn) openStream(ctx context.Context, authority string, first *firstBytes) (*stream, error) {
 	st := newStream(c, 0)
 	c.wmu.Lock()
 	c.mu.Lock()
@@ -181,9 +183,15 @@ func (c *conn) openStream(ctx context.Context, authority string) (*stream, error
 	c.streams[st.id] = st
 	c.mu.Unlock()
 	err := c.writeLocked(func() error {
-		return c.writeHeaders(st.id, false,
+		err := c.writeHeaders(st.id, false,
 			hpack.HeaderField{Name: ":method", Value: http.MethodConnect},
 			hpack.HeaderField{Name: ":authority", Value: authority})
+		if err != nil || first == nil || first.n == 0 || !c.tryReserveSend(st, first.n) {
+			return err
+		}
+		first.sent = true
+		_, err = c.tc.Write(first.frame(st.id))
+		return err
 	})
 	c.wmu.Unlock()
 	if err != nil {
@@ -219,6 +227,7 @@ func (c *conn) openStream(ctx context.Context, authority string) (*stream, error
 		}
 	}
 	st.cancel(http2.ErrCodeCancel, errors.New("refused"))
+	st.discard()
 	return nil, &StatusError{Code: code, Reason: trimReason(buf[:n])}
 }
 

@@ -32,6 +32,9 @@ func (h *inbound) admit(st *stream, req request) {
 func (h *inbound) serve(st *stream, req request) {
 	defer h.s.active.done()
 	defer st.c.served()
+	// A refused or abandoned request may have had data queued behind it
+	// (a client that sends its first bytes with the CONNECT).
+	defer st.discard()
 
 	if req.truncated {
 		h.refuse(st, Refusal{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: ReasonHeaders,
@@ -83,7 +86,7 @@ func (h *inbound) serve(st *stream, req request) {
 	h.s.obs.Opened(conn)
 	var tr Traffic
 	if err = st.respond(http.StatusOK, ""); err == nil {
-		tr.Sent, tr.Received, err = st.pipe(ctx, app)
+		tr.Sent, tr.Received, err = st.pipe(ctx, app, nil)
 	}
 	if cause := context.Cause(ctx); errors.Is(cause, ErrRevoked) {
 		err = cause

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sync"
 	"testing"
@@ -68,13 +69,6 @@ func TestServerWithReferenceClient(t *testing.T) {
 // as the response; the tunnel works through Write/Read and through Pipe.
 func TestPoolWithReferenceServer(t *testing.T) {
 	e := newEnv(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := pki.ServerConfig(e.ca.svid(t, serverID), e.ca.bundle, tlsconfig.AuthorizeAny())
-	cfg.NextProtos = []string{"h2"}
-	h2 := &http2.Server{MaxReadFrameSize: 1 << 20}
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodConnect || r.Host != e.app.String() {
 			http.Error(w, "unexpected request", http.StatusBadRequest)
@@ -95,38 +89,7 @@ func TestPoolWithReferenceServer(t *testing.T) {
 			}
 		}
 	})
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				tc := tls.Server(c, cfg)
-				if tc.Handshake() != nil {
-					c.Close()
-					return
-				}
-				h2.ServeConn(tc, &http2.ServeConnOpts{Handler: handler})
-			})
-		}
-	})
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	key := hbone.Key{Source: clientID, Destination: serverID, Address: l.Addr().(*net.TCPAddr).AddrPort()}
+	key := hbone.Key{Source: clientID, Destination: serverID, Address: startReferenceServer(t, e, handler)}
 
 	msg := make([]byte, 3<<20+11)
 	rand.Read(msg)
@@ -186,4 +149,49 @@ func TestPoolWithReferenceServer(t *testing.T) {
 			t.Errorf("Pipe: sent %d received %d err %v; want %d both, no error", r.sent, r.received, r.err, len(msg))
 		}
 	})
+}
+
+// startReferenceServer serves handler with x/net's HTTP/2 server behind
+// mutual TLS as serverID, on loopback, until cleanup.
+func startReferenceServer(t *testing.T, e *env, handler http.Handler) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := pki.ServerConfig(e.ca.svid(t, serverID), e.ca.bundle, tlsconfig.AuthorizeAny())
+	cfg.NextProtos = []string{"h2"}
+	h2 := &http2.Server{MaxReadFrameSize: 1 << 20}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				tc := tls.Server(c, cfg)
+				if tc.Handshake() != nil {
+					c.Close()
+					return
+				}
+				h2.ServeConn(tc, &http2.ServeConnOpts{Handler: handler})
+			})
+		}
+	})
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return l.Addr().(*net.TCPAddr).AddrPort()
 }

@@ -50,10 +50,11 @@ func (p *Pool) connect(ctx context.Context, key Key) (*poolConn, error) {
 	return pc, nil
 }
 
-// open sends the CONNECT on pc's reserved stream and waits for the answer.
-func (p *Pool) open(ctx context.Context, pc *poolConn, authority netip.AddrPort) (*Tunnel, error) {
+// open sends the CONNECT on pc's reserved stream, with first if it is
+// not nil, and waits for the answer.
+func (p *Pool) open(ctx context.Context, pc *poolConn, authority netip.AddrPort, first *firstBytes) (*Tunnel, error) {
 	addr := authority.String()
-	st, err := pc.c.openStream(ctx, addr)
+	st, err := pc.c.openStream(ctx, addr, first)
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
@@ -64,6 +65,7 @@ func (p *Pool) open(ctx context.Context, pc *poolConn, authority netip.AddrPort)
 		st:      st,
 		local:   pc.local,
 		remote:  net.TCPAddrFromAddrPort(authority),
+		first:   first,
 		release: func() { p.release(pc) },
 	}, nil
 }

@@ -173,6 +173,28 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 // Any other status is a *StatusError. ctx bounds the dial and the CONNECT
 // but not the tunnel, which lives until it is closed.
 func (p *Pool) Dial(ctx context.Context, key Key, authority netip.AddrPort) (*Tunnel, error) {
+	return p.dial(ctx, key, authority, nil)
+}
+
+// DialFor is Dial for a tunnel that will carry client, through
+// Tunnel.Pipe. What client has already sent is read without waiting and
+// goes out right behind the CONNECT, saving the connection a round trip
+// when the client speaks first. The server holds those bytes until it has
+// accepted the CONNECT and drops them if it refuses; if the windows have no
+// room for them, they are sent once the tunnel is up.
+func (p *Pool) DialFor(ctx context.Context, key Key, authority netip.AddrPort, client net.Conn) (*Tunnel, error) {
+	if err := key.validate(); err != nil {
+		return nil, err
+	}
+	first := readFirst(client)
+	t, err := p.dial(ctx, key, authority, first)
+	if err != nil {
+		first.release()
+	}
+	return t, err
+}
+
+func (p *Pool) dial(ctx context.Context, key Key, authority netip.AddrPort, first *firstBytes) (*Tunnel, error) {
 	if err := key.validate(); err != nil {
 		return nil, err
 	}
@@ -187,7 +209,7 @@ func (p *Pool) Dial(ctx context.Context, key Key, authority netip.AddrPort) (*Tu
 	pc, err := p.acquire(ctx, key)
 	if err == nil {
 		var t *Tunnel
-		if t, err = p.open(ctx, pc, authority); err == nil {
+		if t, err = p.open(ctx, pc, authority, first); err == nil {
 			return t, nil
 		}
 		p.release(pc)

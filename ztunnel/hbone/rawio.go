@@ -68,6 +68,44 @@ func (s *rawSocket) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// readNow reads what the socket holds without waiting: 0 bytes and no
+// error when it holds nothing yet, io.EOF when the peer has ended its side.
+// A later Read still sees data that arrives afterwards: Read tries the
+// system call before it waits for readiness.
+func (s *rawSocket) readNow(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var n int
+	var errno unix.Errno
+	again := false
+	err := s.raw.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			switch e {
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				again = true
+				return true
+			}
+			n, errno = int(r), e
+			return true
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case again:
+		return 0, nil
+	case errno != 0:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Err: errno}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
 // Write writes all of p, waiting for room when the socket is full.
 func (s *rawSocket) Write(p []byte) (int, error) {
 	n, err := s.write(p, true)

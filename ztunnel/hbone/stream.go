@@ -94,7 +94,14 @@ func (st *stream) failed(err error) {
 		close(st.resetCh)
 		st.mu.Lock()
 		sink := st.sink
+		var dropped int64
+		if sink != nil && !st.draining {
+			// Nobody will write it out. Without a sink a reader may
+			// still take what came before the reset (a refusal's body).
+			dropped = st.dropQueueLocked()
+		}
 		st.mu.Unlock()
+		st.c.consumed(nil, dropped)
 		st.signal()
 		if sink != nil {
 			// Ends a pipe blocked reading the sink, and a drain
@@ -226,10 +233,14 @@ func (st *stream) drain() {
 		st.mu.Lock()
 		if st.queued == 0 || st.isReset() {
 			st.draining = false
-			if !st.isReset() {
+			var dropped int64
+			if st.isReset() {
+				dropped = st.dropQueueLocked()
+			} else {
 				st.deliverLocked()
 			}
 			st.mu.Unlock()
+			st.c.consumed(nil, dropped)
 			return
 		}
 		data := st.queue[0].data
@@ -251,8 +262,10 @@ func (st *stream) drain() {
 		if err != nil {
 			st.sinkErr = err
 			st.draining = false
+			dropped := st.dropQueueLocked()
 			st.mu.Unlock()
 			st.c.consumed(st, int64(n))
+			st.c.consumed(nil, dropped)
 			st.cancel(http2.ErrCodeCancel, fmt.Errorf("writing to the destination: %w", err))
 			return
 		}
@@ -363,14 +376,21 @@ func (st *stream) sendFrame(buf []byte) error {
 		}
 		return st.send(payload[n:])
 	}
-	buf[0], buf[1], buf[2] = byte(n>>16), byte(n>>8), byte(n)
-	buf[3] = byte(http2.FrameData)
-	buf[4] = 0
-	binary.BigEndian.PutUint32(buf[5:9], st.id)
+	putDataHeader(buf, st.id)
 	return st.c.write(func() error {
 		_, err := st.c.tc.Write(buf)
 		return err
 	})
+}
+
+// putDataHeader writes the header of a DATA frame of stream id, without
+// flags, into buf's first bytes; the payload is the rest of buf.
+func putDataHeader(buf []byte, id uint32) {
+	n := len(buf) - frameHeaderLen
+	buf[0], buf[1], buf[2] = byte(n>>16), byte(n>>8), byte(n)
+	buf[3] = byte(http2.FrameData)
+	buf[4] = 0
+	binary.BigEndian.PutUint32(buf[5:9], id)
 }
 
 // closeSend ends our side of the stream (END_STREAM).
@@ -421,12 +441,12 @@ var (
 // until both directions have ended, passing each end on as a half-close,
 // or until the stream fails or ctx ends (both close sink). It returns the
 // bytes read from sink and written to it.
-func (st *stream) pipe(ctx context.Context, sink net.Conn) (up, down int64, err error) {
+func (st *stream) pipe(ctx context.Context, sink net.Conn, first *firstBytes) (up, down int64, err error) {
 	st.attach(sink)
 	stop := context.AfterFunc(ctx, func() { st.cancel(http2.ErrCodeCancel, context.Cause(ctx)) })
 	defer stop()
 
-	up, err = st.sendFrom(sink)
+	up, err = st.sendFrom(sink, first)
 	if err != nil {
 		st.cancel(http2.ErrCodeCancel, err)
 	} else {
@@ -463,18 +483,87 @@ func (st *stream) attach(sink net.Conn) {
 	raw := newRawSocket(sink)
 	st.mu.Lock()
 	st.sink, st.raw = sink, raw
-	st.deliverLocked()
+	// What came before the sink (the client's first bytes, sent with
+	// its CONNECT) goes out now if the socket takes it, rather than
+	// through a drain goroutine.
+	n, err := st.flushNowLocked()
+	if err != nil {
+		st.sinkErr = err
+	} else {
+		st.deliverLocked()
+	}
 	st.mu.Unlock()
+	st.c.consumed(st, n)
+	if err != nil {
+		st.cancel(http2.ErrCodeCancel, fmt.Errorf("writing to the destination: %w", err))
+	}
 	if st.isReset() {
 		_ = sink.Close()
 	}
 }
 
+// flushNowLocked writes queued data to a socket sink as far as the
+// socket takes it without waiting. It returns the bytes written, whose
+// window the caller returns once it has unlocked.
+func (st *stream) flushNowLocked() (int64, error) {
+	var done int64
+	for st.queued > 0 && st.raw != nil && !st.draining {
+		head := &st.queue[0]
+		n, err := st.raw.writeNow(head.data)
+		done += int64(n)
+		st.down += int64(n)
+		st.queued -= n
+		head.data = head.data[n:]
+		full := len(head.data) > 0
+		if !full {
+			chunkBuffers.Put(head.buf)
+			st.queue[0] = chunk{}
+			st.queue = st.queue[1:]
+		}
+		if err != nil || full {
+			return done, err
+		}
+	}
+	return done, nil
+}
+
+// discard drops what is queued and returns its window to the
+// connection, for a stream whose data nobody will take: refused, or
+// closed unread. A drain still running drops the queue itself when it
+// sees the reset.
+func (st *stream) discard() {
+	st.mu.Lock()
+	if st.draining {
+		st.mu.Unlock()
+		return
+	}
+	n := st.dropQueueLocked()
+	st.mu.Unlock()
+	st.c.consumed(nil, n)
+}
+
+// dropQueueLocked empties the queue and returns how many bytes it held.
+func (st *stream) dropQueueLocked() int64 {
+	n := int64(st.queued)
+	for i := range st.queue {
+		chunkBuffers.Put(st.queue[i].buf)
+		st.queue[i] = chunk{}
+	}
+	st.queue, st.queued = nil, 0
+	return n
+}
+
 // sendFrom reads sink until EOF and sends what it reads, then ends our
-// side of the stream.
-func (st *stream) sendFrom(sink net.Conn) (int64, error) {
+// side of the stream. first, if not nil, is what was read from sink before
+// (see firstBytes); sendFrom owns its buffer.
+func (st *stream) sendFrom(sink net.Conn, first *firstBytes) (int64, error) {
 	pool := &smallReadBuffers
-	bp := pool.Get().(*[]byte)
+	var bp *[]byte
+	if first != nil {
+		bp = first.bp // a smallReadBuffers one
+	} else {
+		bp = pool.Get().(*[]byte)
+	}
 	defer func() { pool.Put(bp) }()
 	maxPayload := min(int(st.c.peerFrameSize()), maxFrameSize)
 	var src io.Reader = sink
@@ -485,10 +574,20 @@ func (st *stream) sendFrom(sink net.Conn) (int64, error) {
 	for {
 		buf := *bp
 		limit := min(len(buf)-frameHeaderLen, maxPayload)
-		n, rerr := src.Read(buf[frameHeaderLen : frameHeaderLen+limit])
+		var n int
+		var rerr error
+		sendIt := true
+		if first != nil {
+			n, rerr, sendIt = first.n, first.err, !first.sent
+			first = nil
+		} else {
+			n, rerr = src.Read(buf[frameHeaderLen : frameHeaderLen+limit])
+		}
 		if n > 0 {
-			if err := st.sendFrame(buf[:frameHeaderLen+n]); err != nil {
-				return sent, err
+			if sendIt {
+				if err := st.sendFrame(buf[:frameHeaderLen+n]); err != nil {
+					return sent, err
+				}
 			}
 			sent += int64(n)
 		}

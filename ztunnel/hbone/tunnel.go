@@ -48,6 +48,20 @@ type Tunnel struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 	release   func() // returns the stream to the pool
+
+	// first is what DialFor read from the client, until Pipe or Write
+	// takes it.
+	firstMu sync.Mutex
+	first   *firstBytes
+}
+
+// takeFirst hands over the client's first bytes, once.
+func (t *Tunnel) takeFirst() *firstBytes {
+	t.firstMu.Lock()
+	defer t.firstMu.Unlock()
+	f := t.first
+	t.first = nil
+	return f
 }
 
 var (
@@ -73,6 +87,16 @@ func (t *Tunnel) Write(p []byte) (int, error) {
 	if t.closed.Load() {
 		return 0, net.ErrClosed
 	}
+	if f := t.takeFirst(); f != nil {
+		err := error(nil)
+		if !f.sent && f.n > 0 {
+			err = t.st.send((*f.bp)[frameHeaderLen : frameHeaderLen+f.n])
+		}
+		f.release()
+		if err != nil {
+			return 0, err
+		}
+	}
 	if err := t.st.send(p); err != nil {
 		return 0, err
 	}
@@ -94,10 +118,11 @@ func (t *Tunnel) CloseWrite() error {
 // conn is closed when it returns. It returns the bytes conn sent into the
 // tunnel and those it received. Bytes from the application are written to
 // conn by the HBONE connection's reader as they arrive, without a
-// goroutine of their own unless conn falls behind.
+// goroutine of their own unless conn falls behind. After DialFor, conn is
+// the client it was given: the bytes DialFor read from it come first.
 func (t *Tunnel) Pipe(ctx context.Context, conn net.Conn) (sent, received int64, err error) {
 	defer conn.Close()
-	return t.st.pipe(ctx, conn)
+	return t.st.pipe(ctx, conn, t.takeFirst())
 }
 
 // Close ends the tunnel in both directions, resetting the stream unless
@@ -105,11 +130,13 @@ func (t *Tunnel) Pipe(ctx context.Context, conn net.Conn) (sent, received int64,
 func (t *Tunnel) Close() error {
 	t.closeOnce.Do(func() {
 		t.closed.Store(true)
+		t.takeFirst().release()
 		if t.st.finished() {
 			t.st.c.forget(t.st)
 		} else {
 			t.st.cancel(http2.ErrCodeCancel, net.ErrClosed)
 		}
+		t.st.discard()
 		t.release()
 	})
 	return nil

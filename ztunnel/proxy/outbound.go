@@ -54,7 +54,7 @@ func (p *Proxy) outbound(conn net.Conn) {
 	switch d.Kind {
 	case route.HBONE:
 		via, rec.Security = "hbone", telemetry.MutualTLS
-		upstream, err = p.pool.Dial(ctx, hbone.Key{Source: p.pod.Identity, Destination: d.Identity, Address: d.Dial}, d.Authority)
+		upstream, err = p.pool.DialFor(ctx, hbone.Key{Source: p.pod.Identity, Destination: d.Identity, Address: d.Dial}, d.Authority, conn)
 	case route.Passthrough, route.Direct:
 		via, rec.Security = "passthrough", telemetry.None
 		if d.Kind == route.Direct {
