@@ -6,12 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"time"
-
-	"github.com/containernetworking/cni/libcni"
 )
 
 // Install says where the plugin goes on a node (paths as ztunnel sees
@@ -79,17 +78,16 @@ func (in Install) Remove() error {
 
 var errNoConf = errors.New("no CNI configuration list on the node yet")
 
-// confList reads the configuration file the runtime uses: the first in
-// libcni's order. Only configuration lists can chain plugins.
+// confList reads the configuration file the runtime uses: the first by
+// name. Only configuration lists can chain plugins.
 func (in Install) confList() (string, map[string]any, error) {
-	files, err := libcni.ConfFiles(in.ConfDir, []string{".conf", ".conflist", ".json"})
+	files, err := confFiles(in.ConfDir)
 	if err != nil {
 		return "", nil, fmt.Errorf("listing %s: %w", in.ConfDir, err)
 	}
 	if len(files) == 0 {
 		return "", nil, fmt.Errorf("%w in %s (the cluster's CNI writes one when it starts)", errNoConf, in.ConfDir)
 	}
-	slices.Sort(files)
 	path := files[0]
 	if filepath.Ext(path) != ".conflist" {
 		return "", nil, fmt.Errorf("%s is a single-plugin configuration; cairn-cni chains only into a .conflist", path)
@@ -103,6 +101,33 @@ func (in Install) confList() (string, map[string]any, error) {
 		return "", nil, fmt.Errorf("parsing %s: %w", path, err)
 	}
 	return path, conf, nil
+}
+
+// confFiles lists the network configuration files in dir in the order
+// container runtimes load them (libcni's rule): files, not directories,
+// named *.conf, *.conflist or *.json, sorted by name. A directory that
+// does not exist yet holds none. It is written here rather than called from
+// libcni, which would link libcni's plugin invocation and its tracing into
+// ztunnel for a directory listing.
+func confFiles(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir) // sorted by name
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var files []string
+	for _, e := range entries {
+		if e.IsDir() {
+			continue
+		}
+		switch filepath.Ext(e.Name()) {
+		case ".conf", ".conflist", ".json":
+			files = append(files, filepath.Join(dir, e.Name()))
+		}
+	}
+	return files, nil
 }
 
 func pluginsOf(conf map[string]any) ([]map[string]any, error) {

@@ -141,3 +141,35 @@ func TestEnsureReplacesAChangedBinary(t *testing.T) {
 		t.Errorf("installed %q after it was changed by hand, want v2 again", b)
 	}
 }
+
+// The runtime uses the first configuration file by name, skipping
+// directories and other files; Ensure chains into that one and leaves the
+// others alone.
+func TestEnsureChainsIntoTheRuntimesFile(t *testing.T) {
+	in, first := installFixture(t)
+	later := filepath.Join(in.ConfDir, "20-other.conflist")
+	if err := os.WriteFile(later, []byte(labConflist), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"00-dir.conflist", "05-notes.txt"} {
+		p := filepath.Join(in.ConfDir, d)
+		var err error
+		if filepath.Ext(d) == ".txt" {
+			err = os.WriteFile(p, []byte("not CNI"), 0o644)
+		} else {
+			err = os.Mkdir(p, 0o755)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := in.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(first); !strings.Contains(string(got), PluginType) {
+		t.Errorf("%s does not chain %s:\n%s", first, PluginType, got)
+	}
+	if got, _ := os.ReadFile(later); strings.Contains(string(got), PluginType) {
+		t.Errorf("%s, not the runtime's file, was changed:\n%s", later, got)
+	}
+}
