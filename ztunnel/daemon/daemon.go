@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -201,6 +202,10 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return xds.Run(gctx) })
 	g.Go(func() error { return agent.Run(gctx) })
 	g.Go(func() error { return keepInstalled(gctx, install, log) })
+	g.Go(func() error {
+		returnStartupMemory(gctx, xds.Synced(), agent.Synced, log)
+		return nil
+	})
 	for _, s := range servers {
 		g.Go(func() error {
 			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
@@ -240,6 +245,30 @@ func Run(ctx context.Context, cfg Config) error {
 		err = nil
 	}
 	return err
+}
+
+// returnStartupMemory gives the memory of start-up back to the node once
+// ztunnel is ready: decoding the first workload discovery response and
+// listing the node's pods leave garbage that, with no traffic yet, the next
+// GC would not collect for a long time (a ready ztunnel held 27–29 MB of
+// RSS where one carrying traffic holds 22–26).
+func returnStartupMemory(ctx context.Context, xdsSynced <-chan struct{}, agentSynced func() bool, log *slog.Logger) {
+	select {
+	case <-xdsSynced:
+	case <-ctx.Done():
+		return
+	}
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for !agentSynced() {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+	debug.FreeOSMemory()
+	log.Debug("returned start-up memory")
 }
 
 type namedServer struct {
