@@ -3,6 +3,7 @@ package labtest
 import (
 	"context"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -187,6 +188,10 @@ func TestAmbientNamespaceTrafficIsMeshed(t *testing.T) {
 			}
 			if target.want != "" && r.Pod != target.want {
 				return fmt.Errorf("answered by %q, want %q", r.Pod, target.want)
+			}
+			// ztunnel connects to the app from the client's address.
+			if host, _, _ := net.SplitHostPort(r.RemoteAddr); host != cl.Status.PodIP {
+				return fmt.Errorf("the server saw the request come from %s, want the client's %s", r.RemoteAddr, cl.Status.PodIP)
 			}
 			return nil
 		})

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -39,10 +41,10 @@ func TestCaptureInPod(t *testing.T) {
 	sw.watch(t, "node server", listen(t, l.node, hostPort(labNode, nodePort)))
 	ztunnel := &Dialer{Netns: l.pod.Handle, Mark: DefaultMark}
 
-	// Counts the app's packets that carry ztunnel's mark; also a rule of
+	// Counts the app's packets that carry the reply mark; also a rule of
 	// someone else's that Remove must leave alone.
 	netnstest.Run(t, "ip", "netns", "exec", l.pod.Name, "iptables", "-t", "mangle", "-A", "POSTROUTING",
-		"-p", "tcp", "--sport", itoa(appPort), "-m", "mark", "--mark", "0x539/0xfff")
+		"-p", "tcp", "--sport", itoa(appPort), "-m", "mark", "--mark", "0x111/0xfff")
 
 	t.Run("outbound from the app is captured with its destination", func(t *testing.T) {
 		for _, dst := range []netip.AddrPort{labRemote, netip.AddrPortFrom(labNode, nodePort)} {
@@ -97,7 +99,7 @@ func TestCaptureInPod(t *testing.T) {
 		c := dial(t, l.node, labNode, hostPort(labPod, appPort))
 		exchange(t, c, sw.expect(t, "app"))
 		if after := markedPackets(t, l); after != before {
-			t.Errorf("the app's replies to a probe carry ztunnel's mark (%d packets)", after-before)
+			t.Errorf("the app's replies to a probe carry the reply mark (%d packets)", after-before)
 		}
 	})
 
@@ -112,9 +114,42 @@ func TestCaptureInPod(t *testing.T) {
 		}
 		defer c.Close()
 		exchange(t, c, sw.expect(t, "app"))
-		// The connection mark puts ztunnel's mark on the app's replies.
+		// The connection mark puts the reply mark on the app's replies.
 		if after := markedPackets(t, l); after <= before {
 			t.Error("the app's replies to ztunnel carry no mark")
+		}
+	})
+
+	// labClient is the node's: without the reply routes the app's answer
+	// would go there, and the connection would never be set up.
+	t.Run("ztunnel connects to the app from the client's address", func(t *testing.T) {
+		if err := ApplyRoutes(l.pod.Handle, l.options()); err != nil {
+			t.Fatal(err)
+		}
+		if err := ApplyRoutes(l.pod.Handle, l.options()); err != nil {
+			t.Fatalf("ApplyRoutes again: %v", err)
+		}
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		c, err := ztunnel.DialFrom(dctx, labClient, "tcp", hostPort(labPod, appPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		app := sw.expect(t, "app")
+		if from := app.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(); from != labClient {
+			t.Errorf("the app sees the connection from %v, want the client's %v", from, labClient)
+		}
+		exchange(t, c, app)
+
+		if err := RemoveRoutes(l.pod.Handle, l.options()); err != nil {
+			t.Fatal(err)
+		}
+		if out := netnstest.Run(t, "ip", "-n", l.pod.Name, "rule", "show"); strings.Contains(out, "0x111") {
+			t.Errorf("the reply rule is still there after RemoveRoutes:\n%s", out)
+		}
+		if err := RemoveRoutes(l.pod.Handle, l.options()); err != nil {
+			t.Errorf("second RemoveRoutes: %v", err)
 		}
 	})
 

@@ -53,7 +53,25 @@ type Dialer struct {
 // has no peer address yet), so waiting for it would need a second wrapper
 // (an os.File) registered with the poller.
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	if _, err := netip.ParseAddrPort(address); err != nil {
+	return d.dial(ctx, netip.Addr{}, network, address)
+}
+
+// DialFrom is DialContext from src, an address that need not be the
+// pod's: ztunnel connecting to the app from the client's address, so that
+// the app sees who called. The socket is transparent (IP_TRANSPARENT or
+// IPV6_TRANSPARENT, which need CAP_NET_ADMIN) and bound to src with a port
+// of the kernel's choosing. The app's replies reach ztunnel only if the
+// pod has the reply routes (ApplyRoutes).
+func (d *Dialer) DialFrom(ctx context.Context, src netip.Addr, network, address string) (net.Conn, error) {
+	if !src.IsValid() {
+		return nil, fmt.Errorf("dialling %s from %s: no source address", address, d.Netns)
+	}
+	return d.dial(ctx, src.Unmap(), network, address)
+}
+
+func (d *Dialer) dial(ctx context.Context, src netip.Addr, network, address string) (net.Conn, error) {
+	dst, err := netip.ParseAddrPort(address)
+	if err != nil {
 		return nil, fmt.Errorf("dialling %s from %s: want a literal IP:port: %w", address, d.Netns, err)
 	}
 	var nd net.Dialer
@@ -64,16 +82,26 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	if mark == 0 {
 		mark = DefaultMark
 	}
+	transparent := src.IsValid()
+	if transparent {
+		if src.Is4() != dst.Addr().Unmap().Is4() {
+			return nil, fmt.Errorf("dialling %s from %s in %s: the addresses are of different families", address, src, d.Netns)
+		}
+		nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	}
 	nd.Control = nil
 	nd.ControlContext = func(_ context.Context, _, _ string, c syscall.RawConn) error {
 		var serr error
-		if err := c.Control(func(fd uintptr) { serr = d.replace(int(fd), mark) }); err != nil {
+		if err := c.Control(func(fd uintptr) { serr = d.replace(int(fd), mark, transparent) }); err != nil {
 			return err
 		}
 		return serr
 	}
 	conn, err := nd.DialContext(ctx, network, address)
 	if err != nil {
+		if transparent {
+			return nil, fmt.Errorf("dialling %s from %s in %s: %w", address, src, d.Netns, err)
+		}
 		return nil, fmt.Errorf("dialling %s from %s: %w", address, d.Netns, err)
 	}
 	return conn, nil
@@ -81,8 +109,9 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 
 // replace puts a socket made in the pod, marked, on descriptor fd in place
 // of the socket net.Dialer made there. The pod's socket gets the same
-// domain, type and protocol, and the options net sets on every new socket.
-func (d *Dialer) replace(fd int, mark uint32) error {
+// domain, type and protocol, and the options net sets on every new socket;
+// transparent lets it bind an address that is not the pod's.
+func (d *Dialer) replace(fd int, mark uint32, transparent bool) error {
 	var kind [3]int // domain, type, protocol
 	for i, opt := range []int{unix.SO_DOMAIN, unix.SO_TYPE, unix.SO_PROTOCOL} {
 		v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, opt)
@@ -110,6 +139,15 @@ func (d *Dialer) replace(fd int, mark uint32) error {
 	}
 	if err := unix.SetsockoptInt(pod, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
 		return fmt.Errorf("setting SO_MARK %#x: %w", mark, err)
+	}
+	if transparent {
+		level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+		if domain == unix.AF_INET6 {
+			level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+		}
+		if err := unix.SetsockoptInt(pod, level, opt, 1); err != nil {
+			return fmt.Errorf("making the socket transparent: %w", err)
+		}
 	}
 	// dup3 closes the socket net made and reuses its number in one step,
 	// so no other goroutine can be handed that number in between.

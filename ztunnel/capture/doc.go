@@ -11,7 +11,7 @@
 //	*mangle
 //	-A OUTPUT -j CAIRN_OUTPUT
 //	-A CAIRN_OUTPUT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x539/0xfff
-//	-A CAIRN_OUTPUT -m connmark --mark 0x539/0xfff -j MARK --set-xmark 0x539/0xfff
+//	-A CAIRN_OUTPUT -m connmark --mark 0x539/0xfff -m mark ! --mark 0x539/0xfff -j MARK --set-xmark 0x111/0xfff
 //	*nat
 //	-A PREROUTING -j CAIRN_PREROUTING
 //	-A OUTPUT -j CAIRN_OUTPUT
@@ -56,15 +56,24 @@
 // ztunnel's own sockets carry the mark (SO_MARK, Dialer), and the first
 // rule of nat OUTPUT lets them through; that is the only exemption REDIRECT
 // needs, because nat sees only the first packet of each connection. The
-// mangle rules copy the mark onto the connection (CONNMARK) and back onto
-// every packet the pod sends on it, so the app's replies on a connection
-// ztunnel opened to it carry the mark too. Nothing here depends on that;
-// it makes ztunnel's flows visible in conntrack (conntrack -L --mark
-// 0x539/0xfff) and is what a later source-preserving inbound path needs
-// to route those replies back to ztunnel. The mark and the connection mark
-// use one value, not Istio's two (0x539 and 0x111): with one, restoring
-// the connection mark can never turn ztunnel's own packets into packets
-// the nat rules capture.
+// first mangle rule copies the mark onto the connection (CONNMARK), which
+// makes ztunnel's flows visible in conntrack (conntrack -L --mark
+// 0x539/0xfff); the second puts the reply mark (0x111) on every packet the
+// app sends on such a flow.
+//
+// # Source addresses
+//
+// ztunnel connects to the app from the client's address, as Istio's
+// ztunnel does, so that the app sees who called (Dialer.DialFrom: a
+// transparent socket bound to that address). The app's replies go to the
+// client's address, which the pod would route out of its interface, past
+// ztunnel. The reply mark sends them back: ApplyRoutes adds a rule that
+// packets with it look up the pod's table 1337, where every destination
+// is local, so they reach ztunnel's socket on lo. ztunnel's own packets
+// keep their mark (0x539), which the rule does not match: a single mark
+// for both jobs would route ztunnel's connections to its peers into the
+// pod too. A connection ztunnel opened from the pod's own address gets
+// the reply mark as well, and is local anyway.
 //
 // Loopback. Traffic leaving through lo (to 127.0.0.0/8, ::1 or the pod's
 // own addresses) is not captured: it never leaves the pod, so there is no

@@ -25,6 +25,15 @@ const (
 	DefaultMarkMask = 0xfff
 )
 
+// DefaultReplyMark marks the packets an app sends on connections ztunnel
+// opened to it, and DefaultRouteTable is the pod's routing table that sends
+// packets with that mark back to ztunnel (see the package doc, "Source
+// addresses"). Istio uses 0x111 for the same job.
+const (
+	DefaultReplyMark  = 0x111
+	DefaultRouteTable = 1337
+)
+
 // Ports are ztunnel's listening ports inside a pod.
 type Ports struct {
 	Outbound uint16
@@ -50,6 +59,14 @@ type Options struct {
 	// conntrack in both directions (see the package doc).
 	Mark     uint32
 	MarkMask uint32
+
+	// ReplyMark (inside MarkMask, not Mark) is put on the packets the app
+	// sends on connections ztunnel opened to it, and RouteTable is the
+	// pod's routing table, selected by ReplyMark, that delivers them to
+	// ztunnel whatever their destination: how ztunnel connects to the app
+	// from the client's address (Routes, Dialer.DialFrom).
+	ReplyMark  uint32
+	RouteTable int
 
 	// PodIPs are the pod's addresses. They choose the address families
 	// to program: IPv4 rules if there is an IPv4 address, IPv6 rules if
@@ -80,10 +97,12 @@ type Options struct {
 // default ports and mark, no probe exemption, no exclusions, no DNS.
 func DefaultOptions(podIPs ...netip.Addr) Options {
 	return Options{
-		Ports:    DefaultPorts(),
-		Mark:     DefaultMark,
-		MarkMask: DefaultMarkMask,
-		PodIPs:   podIPs,
+		Ports:      DefaultPorts(),
+		Mark:       DefaultMark,
+		MarkMask:   DefaultMarkMask,
+		ReplyMark:  DefaultReplyMark,
+		RouteTable: DefaultRouteTable,
+		PodIPs:     podIPs,
 	}
 }
 
@@ -111,6 +130,12 @@ func (o Options) Validate() error {
 	}
 	if o.Mark == 0 || o.MarkMask == 0 || o.Mark&^o.MarkMask != 0 {
 		errs = append(errs, fmt.Errorf("mark %#x must be non-zero and inside mask %#x", o.Mark, o.MarkMask))
+	}
+	if o.ReplyMark == 0 || o.ReplyMark&^o.MarkMask != 0 || o.ReplyMark == o.Mark {
+		errs = append(errs, fmt.Errorf("reply mark %#x must be non-zero, inside mask %#x and not the mark %#x", o.ReplyMark, o.MarkMask, o.Mark))
+	}
+	if o.RouteTable <= 0 || o.RouteTable == 253 || o.RouteTable == 254 || o.RouteTable == 255 {
+		errs = append(errs, fmt.Errorf("route table %d: want a positive number that is not one of the kernel's (253 default, 254 main, 255 local)", o.RouteTable))
 	}
 	if len(o.PodIPs) == 0 {
 		errs = append(errs, errors.New("no pod IPs: nothing says which address families to capture"))

@@ -46,15 +46,18 @@ func Build(o Options, f Family) (Ruleset, error) {
 		return Ruleset{}, fmt.Errorf("capture options: %w", err)
 	}
 	mark := fmt.Sprintf("%#x/%#x", o.Mark, o.MarkMask)
+	reply := fmt.Sprintf("%#x/%#x", o.ReplyMark, o.MarkMask)
 	hostLen := 32
 	if f == IPv6 {
 		hostLen = 128
 	}
 
-	// mangle: tag ztunnel's flows and mark every packet they send.
+	// mangle: tag ztunnel's flows, and send the app's packets on them back
+	// to ztunnel (the reply mark selects the pod's route table for it).
 	mangleOut := Chain{Name: ChainPrefix + "OUTPUT", Hook: "OUTPUT", Rules: []string{
 		"-m mark --mark " + mark + comment("ztunnel socket: tag the flow") + " -j CONNMARK --set-xmark " + mark,
-		"-m connmark --mark " + mark + comment("packets of ztunnel flows carry the mark") + " -j MARK --set-xmark " + mark,
+		"-m connmark --mark " + mark + " -m mark ! --mark " + mark + comment("app packets on a ztunnel flow: back to ztunnel") +
+			" -j MARK --set-xmark " + reply,
 	}}
 
 	// nat PREROUTING: inbound, from outside the pod.
@@ -105,10 +108,10 @@ func (r Ruleset) String() string { return r.Script(Saved{}) }
 func dport(p uint16) string { return fmt.Sprintf("-p tcp -m tcp --dport %d", p) }
 
 // comment labels a rule, so that someone reading iptables-save in a pod
-// sees why it is there. The text must not contain double quotes.
+// sees why it is there. The text must not contain quotes.
 func comment(text string) string {
-	if strings.ContainsRune(text, '"') {
-		panic("capture: rule comment with a double quote: " + text)
+	if strings.ContainsAny(text, `"'`) {
+		panic("capture: rule comment with a quote (iptables-save escapes it): " + text)
 	}
 	return ` -m comment --comment "cairn: ` + text + `"`
 }

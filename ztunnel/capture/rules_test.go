@@ -19,7 +19,7 @@ var (
 const wantDefaultIPv4 = `*mangle
 :CAIRN_OUTPUT - [0:0]
 -A CAIRN_OUTPUT -m mark --mark 0x539/0xfff -m comment --comment "cairn: ztunnel socket: tag the flow" -j CONNMARK --set-xmark 0x539/0xfff
--A CAIRN_OUTPUT -m connmark --mark 0x539/0xfff -m comment --comment "cairn: packets of ztunnel flows carry the mark" -j MARK --set-xmark 0x539/0xfff
+-A CAIRN_OUTPUT -m connmark --mark 0x539/0xfff -m mark ! --mark 0x539/0xfff -m comment --comment "cairn: app packets on a ztunnel flow: back to ztunnel" -j MARK --set-xmark 0x111/0xfff
 -I OUTPUT 1 -j CAIRN_OUTPUT
 COMMIT
 *nat
@@ -124,12 +124,12 @@ func TestBuild(t *testing.T) {
 		name: "other ports and mark",
 		opts: func(o *Options) {
 			o.Ports = Ports{Outbound: 25001, Inbound: 25006, HBONE: 25008, DNS: 25053}
-			o.Mark, o.MarkMask = 0x40, 0xf0
+			o.Mark, o.MarkMask, o.ReplyMark = 0x40, 0xf0, 0x20
 		},
 		family: IPv4,
 		want: []string{
 			"mangle/CAIRN_OUTPUT -m mark --mark 0x40/0xf0 -j CONNMARK --set-xmark 0x40/0xf0",
-			"mangle/CAIRN_OUTPUT -m connmark --mark 0x40/0xf0 -j MARK --set-xmark 0x40/0xf0",
+			"mangle/CAIRN_OUTPUT -m connmark --mark 0x40/0xf0 -m mark ! --mark 0x40/0xf0 -j MARK --set-xmark 0x20/0xf0",
 			"nat/CAIRN_PREROUTING -p tcp -m tcp --dport 25008 -j RETURN",
 			"nat/CAIRN_PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 25006",
 			"nat/CAIRN_OUTPUT -m mark --mark 0x40/0xf0 -j RETURN",
@@ -189,6 +189,9 @@ func TestValidate(t *testing.T) {
 		{"DNS port needed with DNS capture", func(o *Options) { o.Ports.DNS, o.CaptureDNS = 0, true }, "DNS port is not set"},
 		{"mark outside mask", func(o *Options) { o.Mark = 0x1539 }, "inside mask"},
 		{"no mark", func(o *Options) { o.Mark = 0 }, "non-zero"},
+		{"reply mark is the mark", func(o *Options) { o.ReplyMark = o.Mark }, "not the mark"},
+		{"reply mark outside mask", func(o *Options) { o.ReplyMark = 0x1111 }, "reply mark"},
+		{"main route table", func(o *Options) { o.RouteTable = 254 }, "route table 254"},
 		{"4in6 probe source", func(o *Options) { o.ProbeSources = []netip.Addr{netip.MustParseAddr("::ffff:198.18.250.1")} }, "plain IPv4 or IPv6"},
 		{"invalid pod IP", func(o *Options) { o.PodIPs = []netip.Addr{{}} }, "plain IPv4 or IPv6"},
 		{"excluded port 0", func(o *Options) { o.ExcludeOutboundPorts = []uint16{0} }, "excluded port 0"},

@@ -119,6 +119,14 @@ func (m *Mesh) Capture(ctx context.Context, pod nodeagent.Pod) error {
 	if err := m.cfg.IPTables.Apply(ctx, h, opts); err != nil {
 		return fmt.Errorf("capture rules for %s: %w", pod, err)
 	}
+	// The app sees inbound connections come from their clients' addresses
+	// once the pod routes its replies to them back to ztunnel; without
+	// those routes ztunnel connects from the pod's own address.
+	dialFrom := true
+	if err := capture.ApplyRoutes(h, opts); err != nil {
+		dialFrom = false
+		m.log.Warn("no reply routes in the pod: the app will see inbound connections come from its own address", "pod", pod.String(), "err", err)
+	}
 	if err := migrateRequests(h); err != nil {
 		m.log.Debug("tcp_migrate_req not set: a rolling update may reset connections that were being accepted", "pod", pod.String(), "err", err)
 	}
@@ -131,10 +139,14 @@ func (m *Mesh) Capture(ctx context.Context, pod nodeagent.Pod) error {
 		return fmt.Errorf("certificate for %s: %w", pod, err)
 	}
 	dialer := &capture.Dialer{Netns: h, Mark: opts.Mark}
-	p, err := proxy.Start(m.cfg.Proxy, proxy.Pod{
+	pp := proxy.Pod{
 		Namespace: pod.Namespace, Name: pod.Name, IPs: pod.IPs, Identity: id,
 		Dial: dialer.DialContext, OriginalDst: capture.OriginalDst,
-	}, proxy.Listeners{Outbound: ls.Outbound, Inbound: ls.Inbound, HBONE: ls.HBONE}, m.conns)
+	}
+	if dialFrom {
+		pp.DialFrom = dialer.DialFrom
+	}
+	p, err := proxy.Start(m.cfg.Proxy, pp, proxy.Listeners{Outbound: ls.Outbound, Inbound: ls.Inbound, HBONE: ls.HBONE}, m.conns)
 	if err != nil {
 		m.cfg.Identities.Release(id)
 		_ = ls.Close()
@@ -164,7 +176,7 @@ func (m *Mesh) Release(ctx context.Context, pod nodeagent.Pod) error {
 			return err
 		}
 		defer h.Close()
-		return m.cfg.IPTables.Remove(ctx, h)
+		return m.uncapture(ctx, h, pod)
 	}
 	// Close, not drain: the pod is going away or leaving the mesh, and
 	// its redirected connections cannot outlive the rules anyway. Waiting
@@ -174,8 +186,17 @@ func (m *Mesh) Release(ctx context.Context, pod nodeagent.Pod) error {
 	}
 	m.cfg.Identities.Release(e.id)
 	defer e.ns.Close()
-	if err := m.cfg.IPTables.Remove(ctx, e.ns); err != nil {
+	return m.uncapture(ctx, e.ns, pod)
+}
+
+// uncapture removes the capture rules from a pod, then the reply routes
+// (the rules put the mark that selects them).
+func (m *Mesh) uncapture(ctx context.Context, h *netns.Handle, pod nodeagent.Pod) error {
+	if err := m.cfg.IPTables.Remove(ctx, h); err != nil {
 		return fmt.Errorf("removing the capture rules of %s: %w", pod, err)
+	}
+	if err := capture.RemoveRoutes(h, capture.DefaultOptions(pod.IPs...)); err != nil {
+		return fmt.Errorf("removing the reply routes of %s: %w", pod, err)
 	}
 	return nil
 }

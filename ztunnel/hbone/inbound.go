@@ -62,6 +62,7 @@ func (h *inbound) serve(st *stream, req request) {
 	ctx, revoke := context.WithCancelCause(h.s.ctx)
 	defer revoke(nil)
 	ctx = context.WithValue(ctx, revokeKey{}, revoke)
+	ctx = context.WithValue(ctx, peerKey{}, h.peer)
 	if authorize := h.s.cfg.Authorize; authorize != nil {
 		if err := authorize(ctx, h.peer, dst); err != nil {
 			h.refuse(st, Refusal{Destination: dst, Status: http.StatusForbidden, Reason: ReasonDenied, Err: err})
@@ -127,6 +128,15 @@ func parseAuthority(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf(":authority %q has port 0", s)
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+type peerKey struct{}
+
+// PeerFrom returns the client of the tunnel whose context (the one
+// ServerConfig.Authorize and ServerConfig.Dial receive) is ctx.
+func PeerFrom(ctx context.Context) (Peer, bool) {
+	p, ok := ctx.Value(peerKey{}).(Peer)
+	return p, ok
 }
 
 // ErrRevoked is why a tunnel ended when Revoke ended it.

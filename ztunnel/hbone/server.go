@@ -44,7 +44,9 @@ type ServerConfig struct {
 	// Authorize decides whether peer may connect to dst (L4 policy). A
 	// non-nil error refuses with 403. Nil allows everything.
 	Authorize func(ctx context.Context, peer Peer, dst netip.AddrPort) error
-	// Dial connects to the application. Nil means a net.Dialer.
+	// Dial connects to the application. Nil means a net.Dialer. Its
+	// context carries the client (PeerFrom), so that it can connect from
+	// the client's address.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// Logger receives one line per closed or refused connection. Nil
 	// discards.

@@ -552,3 +552,31 @@ func TestRapidResetIsBounded(t *testing.T) {
 		t.Errorf("reset requests dialed the application %d times", n)
 	}
 }
+
+// The application dial knows the client: ztunnel connects to the app from
+// the client's address with it.
+func TestDialKnowsThePeer(t *testing.T) {
+	var mu sync.Mutex
+	var seen []hbone.Peer
+	e := newEnv(t, func(_ *env, s *hbone.ServerConfig, _ *hbone.PoolConfig) {
+		var d net.Dialer
+		s.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if p, ok := hbone.PeerFrom(ctx); ok {
+				mu.Lock()
+				seen = append(seen, p)
+				mu.Unlock()
+			}
+			return d.DialContext(ctx, network, addr)
+		}
+	})
+	tun := e.dial(t)
+	defer tun.Close()
+	if got := roundTrip(t, tun, []byte("who")); string(got) != "who" {
+		t.Fatalf("echo %q", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || seen[0].Identity != clientID || !seen[0].Addr.Addr().IsLoopback() {
+		t.Errorf("Dial saw peers %+v, want %v from loopback", seen, clientID)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	workloadv1 "github.com/cairnmesh/cairn/apis/workload/v1"
@@ -98,7 +99,7 @@ func (p *Proxy) inboundPlain(conn net.Conn) {
 		reset(conn)
 		return
 	}
-	upstream, err := p.pod.Dial(ctx, "tcp", dst.String())
+	upstream, err := p.dialApp(ctx, src.Addr(), dst.String())
 	if err != nil {
 		rec.Err, rec.Flags = err, "UF"
 		p.cfg.Telemetry.Close(rec)
@@ -168,4 +169,25 @@ func (o *inboundObserver) Refused(r hbone.Refusal) {
 		rec.Flags = "DENY"
 	}
 	o.p.cfg.Telemetry.Close(rec)
+}
+
+// dialApp connects to the app at address for an inbound connection from
+// src: from src itself when the pod can route the app's replies back to
+// ztunnel, so that the app sees who called, and from the pod's own address
+// otherwise (or when src is the pod's own, or of the other family).
+func (p *Proxy) dialApp(ctx context.Context, src netip.Addr, address string) (net.Conn, error) {
+	src = src.Unmap()
+	if p.pod.DialFrom != nil && src.IsValid() && !slices.Contains(p.pod.IPs, src) {
+		if dst, err := netip.ParseAddrPort(address); err == nil && dst.Addr().Unmap().Is4() == src.Is4() {
+			return p.pod.DialFrom(ctx, src, "tcp", address)
+		}
+	}
+	return p.pod.Dial(ctx, "tcp", address)
+}
+
+// dialForTunnel is the HBONE server's dial to the app, from the tunnel's
+// client.
+func (p *Proxy) dialForTunnel(ctx context.Context, _, address string) (net.Conn, error) {
+	peer, _ := hbone.PeerFrom(ctx)
+	return p.dialApp(ctx, peer.Addr.Addr(), address)
 }

@@ -53,6 +53,11 @@ type Pod struct {
 	Identity        spiffe.Identity
 	// Dial makes a marked socket inside the pod.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// DialFrom is Dial from another address (capture.Dialer.DialFrom):
+	// inbound connections reach the app from their client's address. Nil
+	// if the pod cannot route the app's replies back to ztunnel; the app
+	// then sees them come from its own address.
+	DialFrom func(ctx context.Context, src netip.Addr, network, address string) (net.Conn, error)
 	// OriginalDst is the destination a redirected connection was sent to
 	// (capture.OriginalDst).
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
@@ -118,7 +123,7 @@ func Start(cfg Config, pod Pod, ls Listeners, conns *Tracker) (*Proxy, error) {
 		Bundle:      cfg.Bundle,
 		Addrs:       pod.IPs,
 		Authorize:   p.authorizeHBONE,
-		Dial:        pod.Dial,
+		Dial:        p.dialForTunnel,
 		Logger:      slog.New(atLeast{log.Handler(), slog.LevelWarn}).With("component", "hbone-server"),
 		Observer:    &inboundObserver{p: p},
 	})
