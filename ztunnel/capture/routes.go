@@ -64,7 +64,7 @@ func withNetlink(ns *netns.Handle, fn func(h *netlink.Handle, lo int) error) err
 		if err != nil {
 			return fmt.Errorf("netlink in %s: %w", ns, err)
 		}
-		defer h.Delete()
+		defer h.Close()
 		lo, err := h.LinkByName("lo")
 		if err != nil {
 			return fmt.Errorf("loopback of %s: %w", ns, err)

@@ -51,6 +51,11 @@ const (
 	initialWindow = 65535
 )
 
+// errUnprocessed fails a stream the server says it did not act on
+// (RST_STREAM REFUSED_STREAM, or above the last stream of its GOAWAY): it
+// is safe to send again, on another connection (RFC 9113 section 8.7).
+var errUnprocessed = errors.New("hbone: the server refused the stream unprocessed")
+
 // errConnClosed ends the streams of a connection that was closed on
 // purpose.
 var errConnClosed = errors.New("hbone: connection closed")
@@ -404,7 +409,11 @@ func (c *conn) handle(f http2.Frame) error {
 		return c.onWindowUpdate(f)
 	case *http2.RSTStreamFrame:
 		if st := c.stream(f.StreamID); st != nil {
-			st.failed(fmt.Errorf("hbone: stream reset by peer: %w", http2.StreamError{StreamID: f.StreamID, Code: f.ErrCode}))
+			err := fmt.Errorf("hbone: stream reset by peer: %w", http2.StreamError{StreamID: f.StreamID, Code: f.ErrCode})
+			if f.ErrCode == http2.ErrCodeRefusedStream {
+				err = fmt.Errorf("%w: %w", errUnprocessed, err)
+			}
+			st.failed(err)
 			c.forget(st)
 		}
 		return nil
@@ -505,7 +514,7 @@ func (c *conn) onGoAwayFrame(f *http2.GoAwayFrame) {
 	}
 	c.mu.Unlock()
 	for _, st := range refused {
-		st.failed(fmt.Errorf("hbone: server is going away (%v) and refused the stream", f.ErrCode))
+		st.failed(fmt.Errorf("%w: the server is going away (%v)", errUnprocessed, f.ErrCode))
 	}
 	if f.ErrCode != http2.ErrCodeNo {
 		c.log.Debug("hbone peer sent GOAWAY", "code", f.ErrCode, "debug", string(f.DebugData()))

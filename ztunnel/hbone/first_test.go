@@ -3,6 +3,7 @@ package hbone_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -12,8 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"golang.org/x/sys/unix"
 
+	"github.com/cairnmesh/cairn/internal/pki"
 	"github.com/cairnmesh/cairn/ztunnel/hbone"
 )
 
@@ -193,5 +198,89 @@ func TestRefusedFirstBytesReturnTheWindow(t *testing.T) {
 	defer stall.Stop()
 	if got := roundTrip(t, tun, msg); !bytes.Equal(got, msg) {
 		t.Fatalf("echo returned %d bytes, want %d", len(got), len(msg))
+	}
+}
+
+// A CONNECT the server refuses unprocessed (REFUSED_STREAM) goes again,
+// first bytes included: during a rolling restart of the destination's
+// ztunnel a CONNECT can cross its GOAWAY, and the app must not see a
+// failure for it. The server here is raw HTTP/2 frames: it refuses the
+// first stream and accepts the next.
+func TestRefusedStreamIsSentAgain(t *testing.T) {
+	e := newEnv(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	cfg := pki.ServerConfig(e.ca.svid(t, serverID), e.ca.bundle, tlsconfig.AuthorizeAny())
+	cfg.NextProtos = []string{"h2"}
+	type seen struct {
+		streams []uint32
+		data    []byte // DATA of the accepted stream
+	}
+	got := make(chan seen, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		tc := tls.Server(c, cfg)
+		preface := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(tc, preface); err != nil {
+			return
+		}
+		fr := http2.NewFramer(tc, tc)
+		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		fr.WriteSettings()
+		var s seen
+		var accepted uint32
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch f := f.(type) {
+			case *http2.MetaHeadersFrame:
+				s.streams = append(s.streams, f.StreamID)
+				if len(s.streams) == 1 {
+					fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+					continue
+				}
+				accepted = f.StreamID
+				var hb bytes.Buffer
+				hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
+			case *http2.DataFrame:
+				if f.StreamID == accepted && accepted != 0 {
+					s.data = append(s.data, f.Data()...)
+					got <- s
+					return
+				}
+			}
+		}
+	}()
+
+	client, captured := tcpPair(t)
+	if _, err := client.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	waitReadable(t, captured)
+	key := hbone.Key{Source: clientID, Destination: serverID, Address: l.Addr().(*net.TCPAddr).AddrPort()}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tun, err := e.pool.DialFor(ctx, key, e.app, captured)
+	if err != nil {
+		t.Fatalf("DialFor after one refusal: %v", err)
+	}
+	defer tun.Close()
+	select {
+	case s := <-got:
+		if len(s.streams) != 2 || string(s.data) != "hello" {
+			t.Errorf("the server saw streams %v and %q on the accepted one, want two streams and the first bytes again", s.streams, s.data)
+		}
+	case <-ctx.Done():
+		t.Fatal("the first bytes never reached the accepted stream")
 	}
 }

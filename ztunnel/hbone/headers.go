@@ -186,7 +186,13 @@ func (c *conn) openStream(ctx context.Context, authority string, first *firstByt
 		err := c.writeHeaders(st.id, false,
 			hpack.HeaderField{Name: ":method", Value: http.MethodConnect},
 			hpack.HeaderField{Name: ":authority", Value: authority})
-		if err != nil || first == nil || first.n == 0 || !c.tryReserveSend(st, first.n) {
+		if first == nil {
+			return err
+		}
+		// Set for this stream: a CONNECT sent again after a refusal may
+		// find no window for them this time.
+		first.sent = false
+		if err != nil || first.n == 0 || !c.tryReserveSend(st, first.n) {
 			return err
 		}
 		first.sent = true

@@ -170,8 +170,10 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 // stream or opening one. The tunnel is up only once the server answered
 // 200: with TLS 1.3 our handshake completes before the server has checked
 // our certificate, so only its answer proves the connection was accepted.
-// Any other status is a *StatusError. ctx bounds the dial and the CONNECT
-// but not the tunnel, which lives until it is closed.
+// Any other status is a *StatusError. A CONNECT the server refuses
+// unprocessed (RST_STREAM REFUSED_STREAM, or beyond the last stream of its
+// GOAWAY) is sent again, up to three times in all. ctx bounds the dial and
+// the CONNECT but not the tunnel, which lives until it is closed.
 func (p *Pool) Dial(ctx context.Context, key Key, authority netip.AddrPort) (*Tunnel, error) {
 	return p.dial(ctx, key, authority, nil)
 }
@@ -206,19 +208,32 @@ func (p *Pool) dial(ctx context.Context, key Key, authority netip.AddrPort, firs
 	stop := context.AfterFunc(p.ctx, cancel)
 	defer stop()
 
-	pc, err := p.acquire(ctx, key)
-	if err == nil {
-		var t *Tunnel
-		if t, err = p.open(ctx, pc, authority, first); err == nil {
-			return t, nil
+	for attempt := 1; ; attempt++ {
+		pc, err := p.acquire(ctx, key)
+		if err == nil {
+			var t *Tunnel
+			if t, err = p.open(ctx, pc, authority, first); err == nil {
+				return t, nil
+			}
+			p.release(pc)
 		}
-		p.release(pc)
+		if p.ctx.Err() != nil {
+			return nil, ErrPoolClosed
+		}
+		// A CONNECT the server refused unprocessed, or that found its
+		// connection closing, goes again on another connection: during a
+		// rolling restart of the destination's ztunnel a CONNECT can cross
+		// its GOAWAY. The server never saw the first bytes either.
+		if attempt == maxAttempts || ctx.Err() != nil || !(errors.Is(err, errUnprocessed) || errors.Is(err, errNoStreams)) {
+			return nil, err
+		}
+		p.log.Debug("hbone CONNECT refused unprocessed: trying again", "dst", key.Address, "authority", authority, "err", err)
 	}
-	if p.ctx.Err() != nil {
-		return nil, ErrPoolClosed
-	}
-	return nil, err
 }
+
+// maxAttempts bounds how often Dial sends a CONNECT that servers refuse
+// unprocessed.
+const maxAttempts = 3
 
 // acquire returns a connection of key with a stream reserved for the
 // caller, dialing one if none has room. Only one dial per key runs at a
