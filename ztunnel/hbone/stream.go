@@ -560,7 +560,8 @@ func (st *stream) sendFrom(sink net.Conn, first *firstBytes) (int64, error) {
 	pool := &smallReadBuffers
 	var bp *[]byte
 	if first != nil {
-		bp = first.bp // a smallReadBuffers one
+		bp = first.bp // a smallReadBuffers one, ours now
+		first.bp = nil
 	} else {
 		bp = pool.Get().(*[]byte)
 	}
