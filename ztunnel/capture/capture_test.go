@@ -282,7 +282,8 @@ func TestApplyRefusesBadOptions(t *testing.T) {
 	}
 }
 
-// TestIPv6Rules: the ip6tables rules go in, are idempotent and come out.
+// TestIPv6Rules: the ip6tables rules go in, are idempotent and come out,
+// and so do the IPv6 reply routes.
 // The test network has no IPv6 addresses; the pod address only selects
 // the family, so it is from the documentation prefix.
 func TestIPv6Rules(t *testing.T) {
@@ -316,6 +317,26 @@ func TestIPv6Rules(t *testing.T) {
 	for _, f := range []Family{IPv4, IPv6} {
 		if s := l.saved(t, f); len(s.Chains()) != 0 || len(s.Jumps()) != 0 {
 			t.Errorf("%v after Remove: chains %v, jumps %v", f, s.Chains(), s.Jumps())
+		}
+	}
+
+	// The reply routes of both families go in and come out.
+	if err := ApplyRoutes(l.pod.Handle, o); err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []string{"-4", "-6"} {
+		rules := netnstest.Run(t, "ip", fam, "-n", l.pod.Name, "rule", "show")
+		routes := netnstest.Run(t, "ip", fam, "-n", l.pod.Name, "route", "show", "table", "1337")
+		if !strings.Contains(rules, "fwmark 0x111/0xfff lookup 1337") || !strings.Contains(routes, "local default dev lo") {
+			t.Errorf("ip %s after ApplyRoutes: rules\n%s\nroutes in table 1337\n%s", fam, rules, routes)
+		}
+	}
+	if err := RemoveRoutes(l.pod.Handle, o); err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []string{"-4", "-6"} {
+		if rules := netnstest.Run(t, "ip", fam, "-n", l.pod.Name, "rule", "show"); strings.Contains(rules, "1337") {
+			t.Errorf("ip %s rule after RemoveRoutes:\n%s", fam, rules)
 		}
 	}
 }
