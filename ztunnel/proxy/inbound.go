@@ -99,7 +99,11 @@ func (p *Proxy) inboundPlain(conn net.Conn) {
 		reset(conn)
 		return
 	}
-	upstream, err := p.dialApp(ctx, src.Addr(), dst.String())
+	// From the pod's own address: the redirect to 15006 left conntrack
+	// holding the client's own tuple (its address and port to this app
+	// port), and a dial from the client's address that happened to pick a
+	// port of one of the client's open connections would be taken for it.
+	upstream, err := p.pod.Dial(ctx, "tcp", dst.String())
 	if err != nil {
 		rec.Err, rec.Flags = err, "UF"
 		p.cfg.Telemetry.Close(rec)
@@ -171,10 +175,12 @@ func (o *inboundObserver) Refused(r hbone.Refusal) {
 	o.p.cfg.Telemetry.Close(rec)
 }
 
-// dialApp connects to the app at address for an inbound connection from
-// src: from src itself when the pod can route the app's replies back to
-// ztunnel, so that the app sees who called, and from the pod's own address
-// otherwise (or when src is the pod's own, or of the other family).
+// dialApp connects to the app at address for a tunnel from src: from src
+// itself when the pod can route the app's replies back to ztunnel, so that
+// the app sees who called, and from the pod's own address otherwise (or
+// when src is the pod's own, or of the other family). No tuple of src can
+// clash in the pod's conntrack: the tunnel's own connection goes to 15008,
+// which is never the app's port.
 func (p *Proxy) dialApp(ctx context.Context, src netip.Addr, address string) (net.Conn, error) {
 	src = src.Unmap()
 	if p.pod.DialFrom != nil && src.IsValid() && !slices.Contains(p.pod.IPs, src) {

@@ -54,9 +54,9 @@ type Pod struct {
 	// Dial makes a marked socket inside the pod.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// DialFrom is Dial from another address (capture.Dialer.DialFrom):
-	// inbound connections reach the app from their client's address. Nil
-	// if the pod cannot route the app's replies back to ztunnel; the app
-	// then sees them come from its own address.
+	// connections that arrive over HBONE reach the app from their
+	// client's address. Nil if the pod cannot route the app's replies back
+	// to ztunnel; the app then sees them come from its own address.
 	DialFrom func(ctx context.Context, src netip.Addr, network, address string) (net.Conn, error)
 	// OriginalDst is the destination a redirected connection was sent to
 	// (capture.OriginalDst).
