@@ -39,33 +39,7 @@ func newRawSocket(c net.Conn) *rawSocket {
 }
 
 func (s *rawSocket) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	var n int
-	var errno unix.Errno
-	err := s.raw.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			switch e {
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false // wait for readiness, then call again
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case errno != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Err: errno}
-	case n == 0:
-		return 0, io.EOF
-	}
-	return n, nil
+	return s.read(p, true)
 }
 
 // readNow reads what the socket holds without waiting: 0 bytes and no
@@ -73,12 +47,16 @@ func (s *rawSocket) Read(p []byte) (int, error) {
 // A later Read still sees data that arrives afterwards: Read tries the
 // system call before it waits for readiness.
 func (s *rawSocket) readNow(p []byte) (int, error) {
+	return s.read(p, false)
+}
+
+func (s *rawSocket) read(p []byte, wait bool) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	var n int
 	var errno unix.Errno
-	again := false
+	empty := false
 	err := s.raw.Read(func(fd uintptr) bool {
 		for {
 			r, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
@@ -86,8 +64,9 @@ func (s *rawSocket) readNow(p []byte) (int, error) {
 			case unix.EINTR:
 				continue
 			case unix.EAGAIN:
-				again = true
-				return true
+				// Wait for readiness, then call again; or report nothing.
+				empty = !wait
+				return !wait
 			}
 			n, errno = int(r), e
 			return true
@@ -96,7 +75,7 @@ func (s *rawSocket) readNow(p []byte) (int, error) {
 	switch {
 	case err != nil:
 		return 0, err
-	case again:
+	case empty:
 		return 0, nil
 	case errno != 0:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Err: errno}

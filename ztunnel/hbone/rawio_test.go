@@ -87,3 +87,39 @@ func TestRawSocket(t *testing.T) {
 		t.Errorf("write after close: %v, want net.ErrClosed", err)
 	}
 }
+
+// readNow never waits: nothing yet is (0, nil), then what has arrived,
+// then io.EOF once the peer has ended its side; a Read after an empty
+// readNow still gets data that arrives later.
+func TestRawSocketReadNow(t *testing.T) {
+	a, b := tcpPair(t)
+	rb := newRawSocket(b)
+	buf := make([]byte, 64)
+	if n, err := rb.readNow(buf); n != 0 || err != nil {
+		t.Fatalf("readNow on an empty socket: %d, %v; want 0, nil", n, err)
+	}
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		a.Write([]byte("late"))
+	}()
+	if n, err := rb.Read(buf); err != nil || string(buf[:n]) != "late" {
+		t.Fatalf("Read after an empty readNow: %q, %v", buf[:n], err)
+	}
+	a.Write([]byte("now"))
+	a.CloseWrite()
+	deadline := time.Now().Add(5 * time.Second)
+	var got []byte
+	for {
+		n, err := rb.readNow(buf)
+		got = append(got, buf[:n]...)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil || time.Now().After(deadline) {
+			t.Fatalf("readNow: %v (got %q so far)", err, got)
+		}
+	}
+	if string(got) != "now" {
+		t.Errorf("readNow read %q, want %q then EOF", got, "now")
+	}
+}
