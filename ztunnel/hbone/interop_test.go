@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"sync"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -155,43 +154,14 @@ func TestPoolWithReferenceServer(t *testing.T) {
 // mutual TLS as serverID, on loopback, until cleanup.
 func startReferenceServer(t *testing.T, e *env, handler http.Handler) netip.AddrPort {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := pki.ServerConfig(e.ca.svid(t, serverID), e.ca.bundle, tlsconfig.AuthorizeAny())
 	cfg.NextProtos = []string{"h2"}
 	h2 := &http2.Server{MaxReadFrameSize: 1 << 20}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				tc := tls.Server(c, cfg)
-				if tc.Handshake() != nil {
-					c.Close()
-					return
-				}
-				h2.ServeConn(tc, &http2.ServeConnOpts{Handler: handler})
-			})
+	return startApp(t, func(c net.Conn) {
+		tc := tls.Server(c, cfg)
+		if tc.Handshake() != nil {
+			return
 		}
+		h2.ServeConn(tc, &http2.ServeConnOpts{Handler: handler})
 	})
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return l.Addr().(*net.TCPAddr).AddrPort()
 }
