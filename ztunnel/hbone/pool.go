@@ -185,9 +185,6 @@ func (p *Pool) Dial(ctx context.Context, key Key, authority netip.AddrPort) (*Tu
 // accepted the CONNECT and drops them if it refuses; if the windows have no
 // room for them, they are sent once the tunnel is up.
 func (p *Pool) DialFor(ctx context.Context, key Key, authority netip.AddrPort, client net.Conn) (*Tunnel, error) {
-	if err := key.validate(); err != nil {
-		return nil, err
-	}
 	first := readFirst(client)
 	t, err := p.dial(ctx, key, authority, first)
 	if err != nil {
