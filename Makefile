@@ -2,6 +2,7 @@
 # fresh clone on a Debian machine (root) needs nothing else.
 #
 #   make build      all binaries into bin/
+#   make deps       the Debian packages every test, the demo and the benchmarks use
 #   make test       unit tests (-race), tests against a real API server, end-to-end tests in the lab
 #   make lint       gofmt, go vet, staticcheck
 #   make generate   protobuf, deepcopy, CRD YAML, clientset/informers/listers
@@ -65,24 +66,39 @@ GEN_TOOLS := \
 	$(TOOLS)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
 	$(TOOLS)/.protoc-gen-go-grpc-$(PROTOC_GEN_GRPC_VERSION)
 
-# Debian packages, installed only when the command is missing.
+# Debian packages: every one that a test, the demo or a benchmark runs, in
+# one list, installed by `make deps` before the first of them starts (test,
+# demo, bench, generate and lab-up depend on it). Go code never installs
+# packages; the lab and the tests only check, and name this target when
+# something is missing. A package is installed when dpkg does not list it as
+# installed, so a machine where an earlier run installed it does nothing.
+#   iptables                     ztunnel's capture rules (iptables-restore, ip6tables), kube-proxy in the lab
+#   containernetworking-plugins  the lab's CNI (bridge, host-local, loopback)
+#   iproute2                     ip netns, ip link: the lab and the netns tests
+#   util-linux                   nsenter: kubectl exec in the lab
+#   curl                         the lab tests and the demo run it in pods
+#   protobuf-compiler, libprotobuf-dev   protoc for `make generate` and its freshness test
+#   haproxy, iperf3              the data-path benchmark's reference pair and load
+DEB_PACKAGES := iptables containernetworking-plugins iproute2 util-linux curl \
+	protobuf-compiler libprotobuf-dev haproxy iperf3
 APT_UPDATED := $(BIN)/.apt-updated
-define apt-need
-	@command -v $(1) >/dev/null || { \
+
+.PHONY: deps
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
 	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && mkdir -p $(BIN) && touch $(APT_UPDATED); }; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; }
-endef
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 .PHONY: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/ $(COMMANDS)
 
 .PHONY: tools
-tools: $(GEN_TOOLS) protoc
-
-.PHONY: protoc
-protoc:
-	$(call apt-need,protoc,protobuf-compiler libprotobuf-dev)
+tools: $(GEN_TOOLS) deps
 
 .PHONY: generate
 generate: tools
@@ -99,26 +115,21 @@ INTEGRATION_PKGS = $(shell $(GO) list ./integration/... | grep -E '/integration(
 UNIT_PKGS = $(shell $(GO) list ./... | grep -vE '/integration(/lab.*)?$$')
 
 .PHONY: test
-test: tools k8s-bins lab-bins
+test: deps tools k8s-bins lab-bins
 	K8S_ASSETS=$(K8S_BIN) $(GO) test -race -count=1 $(UNIT_PKGS)
 	K8S_ASSETS=$(K8S_BIN) $(GO) test -count=1 -p 2 -timeout 20m $(INTEGRATION_PKGS)
 
 .PHONY: test-unit
-test-unit: tools
+test-unit: deps tools
 	$(GO) test -race $(UNIT_PKGS)
 
 # Benchmarks: speed and memory targets are checked here, never by timed
 # tests. Those of the lab need root, as the lab does; the data-path one
 # (integration/benchlab) runs Debian's haproxy and iperf3 as pods.
 .PHONY: bench
-bench: tools k8s-bins lab-bins bench-deps
+bench: deps tools k8s-bins lab-bins
 	K8S_ASSETS=$(K8S_BIN) $(GO) test -run '^$$' -bench . -benchtime 10x \
 	  $$(grep -rl --include='*_test.go' '^func Benchmark' . | xargs -r -n1 dirname | sort -u)
-
-.PHONY: bench-deps
-bench-deps:
-	$(call apt-need,/usr/sbin/haproxy,haproxy)
-	$(call apt-need,/usr/bin/iperf3,iperf3)
 
 .PHONY: lint
 lint: $(TOOLS)/.staticcheck-$(STATICCHECK_VERSION)
@@ -150,7 +161,7 @@ lab-bins: k8s-bins build
 	  GOBIN=$(BIN) CGO_ENABLED=0 $(GO) install fortio.org/fortio@$(FORTIO_VERSION); }
 
 .PHONY: lab-up
-lab-up: lab-bins
+lab-up: deps lab-bins
 	$(BIN)/lab up
 
 .PHONY: lab-down
@@ -163,6 +174,6 @@ lab-status:
 	@$(BIN)/lab status
 
 .PHONY: lab-demo
-lab-demo: lab-bins
+lab-demo: deps lab-bins
 	hack/demo.sh
 # --- end lab ---

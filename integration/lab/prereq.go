@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,28 +21,40 @@ var k8sBinaries = []string{
 	kubeserver.Etcd, kubeserver.APIServer, kubeserver.ControllerManager, kubeserver.Scheduler, "kube-proxy",
 }
 
-// debianPackages are installed with apt-get when the file that shows them
-// is missing.
+// debianPackages are the Debian packages the lab runs, each with a file
+// that shows it is installed. `make deps` installs them (the Makefile's
+// DEB_PACKAGES lists every package of the project); the lab only checks.
 var debianPackages = []struct{ pkg, file string }{
 	{"iptables", "/usr/sbin/iptables"},
 	{"containernetworking-plugins", filepath.Join(SystemCNIBin, "bridge")},
 }
 
+// ErrMissingPackages is returned by Up when a Debian package the lab runs
+// is not installed.
+var ErrMissingPackages = errors.New("missing")
+
 // ErrNotRoot is returned by Up and Down when not run as root.
 var ErrNotRoot = errors.New("the lab needs root (network namespaces, iptables, mounts)")
 
 // Prepare makes sure everything the lab runs is there: Debian's iptables
-// and CNI plugins (installed with apt-get when missing), the Kubernetes
-// binaries (`make k8s-bins`), the lab command and CoreDNS (built into
-// bin/ with `go install` when missing; about 1.5 minutes once).
+// and CNI plugins (`make deps`), the Kubernetes binaries (`make
+// k8s-bins`), the lab command and CoreDNS (built into bin/ with `go
+// install` when missing; about 1.5 minutes once). It installs no package:
+// what is missing is an error that names the make target.
 func Prepare(ctx context.Context, c Config) error {
 	if os.Geteuid() != 0 {
 		return ErrNotRoot
 	}
-	if err := installPackages(ctx, c.Logger); err != nil {
-		return err
-	}
 	var missing []string
+	for _, p := range debianPackages {
+		if _, err := os.Stat(p.file); err != nil {
+			missing = append(missing, p.pkg)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: Debian packages %s (run `make deps`)", ErrMissingPackages, strings.Join(missing, ", "))
+	}
+	missing = nil
 	for _, b := range k8sBinaries {
 		if !isExecutable(filepath.Join(c.K8sBinDir(), b)) {
 			missing = append(missing, b)
@@ -63,29 +74,6 @@ func Prepare(ctx context.Context, c Config) error {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("building CoreDNS: %w\n%s", err, out)
 		}
-	}
-	return nil
-}
-
-func installPackages(ctx context.Context, log *slog.Logger) error {
-	var pkgs []string
-	for _, p := range debianPackages {
-		if _, err := os.Stat(p.file); err != nil {
-			pkgs = append(pkgs, p.pkg)
-		}
-	}
-	if len(pkgs) == 0 {
-		return nil
-	}
-	log.Info("installing Debian packages", "packages", pkgs)
-	update := exec.CommandContext(ctx, "apt-get", "update", "-qq")
-	if out, err := update.CombinedOutput(); err != nil {
-		return fmt.Errorf("apt-get update: %w\n%s", err, out)
-	}
-	install := exec.CommandContext(ctx, "apt-get", append([]string{"install", "-y", "-qq", "--no-install-recommends"}, pkgs...)...)
-	install.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	if out, err := install.CombinedOutput(); err != nil {
-		return fmt.Errorf("apt-get install %s: %w\n%s", strings.Join(pkgs, " "), err, out)
 	}
 	return nil
 }

@@ -102,7 +102,7 @@ func requireRoot(t testing.TB) {
 	}
 	for _, p := range []string{"bridge", "host-local"} {
 		if _, err := os.Stat(filepath.Join(DebianCNIBinDir, p)); err != nil {
-			missing = append(missing, DebianCNIBinDir+"/"+p+" (apt-get install containernetworking-plugins)")
+			missing = append(missing, DebianCNIBinDir+"/"+p+" (run `make deps`)")
 		}
 	}
 	for _, c := range []string{"ip", "nsenter"} {

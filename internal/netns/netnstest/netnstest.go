@@ -29,7 +29,7 @@ func Require(t testing.TB, commands ...string) {
 	if len(missing) == 0 {
 		return
 	}
-	msg := "needs " + strings.Join(missing, ", ") + " (network namespaces and iptables)"
+	msg := "needs " + strings.Join(missing, ", ") + " (network namespaces and iptables; `make deps` installs the packages)"
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg + "; CI=true, so this is a failure, not a skip")
 	}
