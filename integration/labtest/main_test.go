@@ -6,6 +6,8 @@
 // They need root; without it they skip, except under CI=true, where they
 // fail. LAB_TEST_KEEP=1 leaves the lab running after the tests (then
 // `LAB_DIR=<dir> LAB_PREFIX=cairnt bin/lab down` removes it).
+// LAB_TEST_PREFIX and LAB_TEST_SUBNET change the names and subnet, so two
+// runs (two checkouts) can share a machine.
 package labtest
 
 import (
@@ -17,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -62,11 +65,21 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "labtest:", err)
 		return 1
 	}
+	prefix, subnet := "cairnt", 100
+	if p := os.Getenv("LAB_TEST_PREFIX"); p != "" {
+		prefix = p
+	}
+	if s := os.Getenv("LAB_TEST_SUBNET"); s != "" {
+		if subnet, err = strconv.Atoi(s); err != nil {
+			fmt.Fprintf(os.Stderr, "labtest: LAB_TEST_SUBNET=%q: %v\n", s, err)
+			return 1
+		}
+	}
 	c, err := lab.Config{
 		Dir:    filepath.Join(tmp, "lab"),
 		Nodes:  2,
-		Prefix: "cairnt",
-		Subnet: 100,
+		Prefix: prefix,
+		Subnet: subnet,
 		Logger: log,
 	}.WithDefaults()
 	if err != nil {
