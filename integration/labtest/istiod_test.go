@@ -5,11 +5,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"testing"
 	"time"
 
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -134,5 +136,21 @@ spec:
 
 	if _, _, err := sign(authed, "ratings"); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("a workload asking for another identity: %v, want PermissionDenied", err)
+	}
+
+	// Workload discovery is for the ztunnels: the pod's token is refused.
+	xctx, cancel := context.WithTimeout(authed, 30*time.Second)
+	defer cancel()
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(xctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discoverygrpc.DeltaDiscoveryRequest{
+		TypeUrl: "type.googleapis.com/cairn.workload.v1.Address", ResourceNamesSubscribe: []string{"*"},
+	}); err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a workload's token reading workload discovery: %v, want PermissionDenied", err)
 	}
 }

@@ -85,7 +85,9 @@ func startControl(t *testing.T, addr *atomic.Pointer[string], state map[string]m
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &control{xds: s, grpc: grpc.NewServer()}
+	// WaitForHandlers: Stop returns only once every stream handler (which
+	// logs to t.Output when it ends) has returned.
+	c := &control{xds: s, grpc: grpc.NewServer(grpc.WaitForHandlers(true))}
 	s.Register(c.grpc)
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop = func() {

@@ -1,7 +1,8 @@
 // Package bootstrap wires istiod-lite together: Kubernetes clients and
 // informers, the mesh index, the delta xDS server, the CA and its trust
-// bundle, and the gRPC (15012), metrics (15014) and debug (8080) listeners.
-// Run owns every goroutine it starts and returns when ctx is done.
+// bundle, and the gRPC (15012), metrics and probes (15014) and debug
+// (127.0.0.1:8080) listeners. Run owns every goroutine it starts and
+// returns when ctx is done.
 package bootstrap
 
 import (
@@ -14,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,14 +24,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	cairnclient "github.com/cairnmesh/cairn/apis/client/clientset/versioned"
+	"github.com/cairnmesh/cairn/internal/lograte"
 	"github.com/cairnmesh/cairn/internal/pki"
 	"github.com/cairnmesh/cairn/internal/spiffe"
 	"github.com/cairnmesh/cairn/istiod-lite/ca"
@@ -45,8 +50,8 @@ type Config struct {
 	Namespace      string // where istiod-lite runs and keeps the CA root
 	ServiceAccount string // istiod-lite's own service account
 	XDSAddress     string // gRPC: delta xDS and the CA, TLS
-	MetricsAddress string // Prometheus
-	DebugAddress   string // /ready, /healthz, /debug/...
+	MetricsAddress string // Prometheus /metrics, and /ready and /healthz for the kubelet's probes
+	DebugAddress   string // /debug/... (and /ready, /healthz): keep it on localhost, reached by port-forward
 
 	TrustDomain   string
 	ClusterID     string
@@ -55,6 +60,26 @@ type Config struct {
 	TokenAudience string
 	// Ztunnel is the node agents' service account, "namespace/name".
 	Ztunnel string
+	// XDSServiceAccounts are the service accounts ("namespace/name") that
+	// may read workload discovery: the ztunnels' (and, later, the
+	// waypoints'). Anyone else is refused with PermissionDenied.
+	XDSServiceAccounts []string
+	// XDSMaxSubscriptions and XDSMaxResourceNameLength bound what one xDS
+	// stream may subscribe to (xds.Config); zero means the defaults.
+	XDSMaxSubscriptions      int
+	XDSMaxResourceNameLength int
+
+	// TokenReview bounds the cost of bearer tokens (kubeca.TokenReviewer);
+	// zero values mean the defaults.
+	TokenReviewCacheSize   int
+	TokenReviewCacheTTL    time.Duration
+	TokenReviewMaxInFlight int
+	TokenReviewWait        time.Duration
+	// RefusalLogEvery and RefusalLogBurst pace the warning lines about
+	// refused xDS streams and CSRs (each kind on its own): RefusalLogBurst
+	// at once, then one per RefusalLogEvery. Zero Every logs them all.
+	RefusalLogEvery time.Duration
+	RefusalLogBurst int
 
 	Debounce, MaxDelay  time.Duration
 	CertTTL, MaxCertTTL time.Duration
@@ -84,20 +109,41 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	var xdsClients []ca.ServiceAccountRef
+	for _, sa := range cfg.XDSServiceAccounts {
+		ref, err := parseServiceAccount(sa)
+		if err != nil {
+			return fmt.Errorf("xDS service accounts: %w", err)
+		}
+		xdsClients = append(xdsClients, ref)
+	}
+	if !slices.Contains(xdsClients, nodeAgent) {
+		log.Warn("the ztunnel service account may not read workload discovery: ztunnels will get no configuration",
+			"ztunnel_service_account", cfg.Ztunnel, "xds_service_accounts", cfg.XDSServiceAccounts)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	reviewer := &kubeca.TokenReviewer{Client: kube, Audiences: []string{cfg.TokenAudience}}
+	reviewer := &kubeca.TokenReviewer{
+		Client: kube, Audiences: []string{cfg.TokenAudience},
+		CacheSize: cfg.TokenReviewCacheSize, CacheTTL: cfg.TokenReviewCacheTTL,
+		MaxInFlight: cfg.TokenReviewMaxInFlight, ReviewWait: cfg.TokenReviewWait,
+	}
+	reg.MustRegister(reviewer.Collectors()...)
 
-	// Workload discovery.
+	// Workload discovery. Authorizations come first in delivery order: a
+	// ztunnel never holds an Address before the policies pushed with it.
 	xdsServer, err := xds.New(xds.Config{
-		TypeURLs:      []string{model.AddressTypeURL, model.AuthorizationTypeURL},
-		Debounce:      cfg.Debounce,
-		MaxDelay:      cfg.MaxDelay,
-		Authenticator: xdsAuthenticator{reviewer},
-		Logger:        log.With("component", "xds"),
-		Registerer:    reg,
+		TypeURLs:              []string{model.AuthorizationTypeURL, model.AddressTypeURL},
+		Debounce:              cfg.Debounce,
+		MaxDelay:              cfg.MaxDelay,
+		Authenticator:         xdsAuthenticator{reviewer: reviewer, trustDomain: cfg.TrustDomain, allowed: xdsClients},
+		Logger:                log.With("component", "xds"),
+		Registerer:            reg,
+		MaxSubscriptions:      cfg.XDSMaxSubscriptions,
+		MaxResourceNameLength: cfg.XDSMaxResourceNameLength,
+		RefusalLog:            lograte.New(cfg.RefusalLogEvery, cfg.RefusalLogBurst),
 	})
 	if err != nil {
 		return fmt.Errorf("xDS server: %w", err)
@@ -121,6 +167,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Pods:          pods,
 		Logger:        log.With("component", "ca"),
 		Registerer:    reg,
+		RefusalLog:    lograte.New(cfg.RefusalLogEvery, cfg.RefusalLogBurst),
 	})
 	if err != nil {
 		return fmt.Errorf("CA: %w", err)
@@ -173,19 +220,32 @@ func Run(ctx context.Context, cfg Config) error {
 			return errors.New("xDS server has no snapshot yet")
 		}
 	}
+	// The probes answer on the pod-reachable metrics port (the kubelet
+	// probes the pod's IP) and on the debug port. /debug/* lists every
+	// workload, address, service account and policy of the mesh: it is
+	// served only on the debug port, which listens on localhost by default
+	// (kubectl port-forward reaches it there).
+	probes := func(mux *http.ServeMux) {
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
+			if err := ready(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ready\n"))
+		})
+	}
 	debug := http.NewServeMux()
-	debug.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	debug.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if err := ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
+	probes(debug)
 	debug.HandleFunc("/debug/model", func(w http.ResponseWriter, _ *http.Request) { writeModel(w, idx.Last()) })
 	debug.Handle("/debug/", xdsServer.DebugHandler())
 	metrics := http.NewServeMux()
+	probes(metrics)
 	metrics.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if !isLoopback(cfg.DebugAddress) {
+		log.Warn("the debug server listens beyond localhost: anyone who reaches it can read the whole mesh model",
+			"debug_address", cfg.DebugAddress)
+	}
 
 	listeners := map[string]string{"xds": cfg.XDSAddress, "metrics": cfg.MetricsAddress, "debug": cfg.DebugAddress}
 	lns := map[string]net.Listener{}
@@ -272,24 +332,68 @@ func (a authorities) SetAuthority(c *pki.CA) {
 
 // xdsAuthenticator admits xDS clients by the mesh certificate they
 // presented (already verified against the trust bundle in the handshake),
-// or else by their ServiceAccount token, the same way the CA does.
-type xdsAuthenticator struct{ reviewer *kubeca.TokenReviewer }
+// or else by their ServiceAccount token, the same way the CA does; and
+// then only the service accounts in allowed: workload discovery lists
+// every pod, address, service account and policy of the mesh, which only
+// the proxies need.
+type xdsAuthenticator struct {
+	reviewer    *kubeca.TokenReviewer
+	trustDomain string
+	allowed     []ca.ServiceAccountRef
+}
 
 func (a xdsAuthenticator) Authenticate(ctx context.Context) (xds.Identity, error) {
+	id, sa, err := a.identify(ctx)
+	if err != nil {
+		return xds.Identity{}, err
+	}
+	if !slices.Contains(a.allowed, sa) {
+		names := make([]string, 0, len(a.allowed))
+		for _, r := range a.allowed {
+			names = append(names, r.Namespace+"/"+r.Name)
+		}
+		return xds.Identity{}, status.Errorf(codes.PermissionDenied,
+			"xds: %s may not read workload discovery: only the service accounts %v may (istiod-lite --xds-service-accounts)",
+			id.Principal, names)
+	}
+	return id, nil
+}
+
+// identify says who the client is, and as which service account.
+func (a xdsAuthenticator) identify(ctx context.Context) (xds.Identity, ca.ServiceAccountRef, error) {
 	if p, ok := peer.FromContext(ctx); ok {
 		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.VerifiedChains) > 0 {
 			id, err := spiffe.FromCert(info.State.VerifiedChains[0][0])
 			if err != nil {
-				return xds.Identity{}, fmt.Errorf("client certificate: %w", err)
+				return xds.Identity{}, ca.ServiceAccountRef{}, fmt.Errorf("client certificate: %w", err)
 			}
-			return xds.Identity{Principal: id.String()}, nil
+			if id.TrustDomain != a.trustDomain {
+				return xds.Identity{}, ca.ServiceAccountRef{}, status.Errorf(codes.PermissionDenied,
+					"xds: client certificate of trust domain %q, this mesh is %q", id.TrustDomain, a.trustDomain)
+			}
+			return xds.Identity{Principal: id.String()}, ca.ServiceAccountRef{Namespace: id.Namespace, Name: id.ServiceAccount}, nil
 		}
 	}
 	c, err := a.reviewer.Authenticate(ctx)
 	if err != nil {
-		return xds.Identity{}, err
+		return xds.Identity{}, ca.ServiceAccountRef{}, err
 	}
-	return xds.Identity{Principal: "system:serviceaccount:" + c.Namespace + ":" + c.ServiceAccount, Node: c.NodeName}, nil
+	return xds.Identity{Principal: "system:serviceaccount:" + c.Namespace + ":" + c.ServiceAccount, Node: c.NodeName},
+		ca.ServiceAccountRef{Namespace: c.Namespace, Name: c.ServiceAccount}, nil
+}
+
+// isLoopback reports whether a listen address binds only a loopback
+// address.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // servingCert is istiod-lite's own TLS certificate for port 15012: its

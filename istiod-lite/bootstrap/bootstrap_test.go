@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,9 +61,12 @@ func eventually(t *testing.T, what string, f func() error) {
 }
 
 // TestIstiodLiteServesCertificatesAndWorkloads starts istiod-lite against
-// a real API server and uses it the way a workload does: over TLS that
-// verifies against the published trust bundle, it gets a certificate for
-// its own identity and, over delta xDS, the workload of a running pod.
+// a real API server and uses it the way a workload and a ztunnel do: over
+// TLS that verifies against the published trust bundle, a workload gets a
+// certificate for its own identity but no workload discovery (neither
+// with its token nor with its mesh certificate: PermissionDenied), while
+// the ztunnel service account gets, over delta xDS, the workload of a
+// running pod, with its token or with its own mesh certificate.
 func TestIstiodLiteServesCertificatesAndWorkloads(t *testing.T) {
 	env := testenv.Get(t)
 	kube := env.Client()
@@ -78,7 +82,8 @@ func TestIstiodLiteServesCertificatesAndWorkloads(t *testing.T) {
 		XDSAddress: freeAddr(t), MetricsAddress: freeAddr(t), DebugAddress: freeAddr(t),
 		TrustDomain: "cluster.local", ClusterID: "Kubernetes", DomainSuffix: "cluster.local",
 		RootNamespace: "istio-system", TokenAudience: "istio-ca", Ztunnel: "cairn-system/ztunnel",
-		Debounce: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
+		XDSServiceAccounts: []string{"cairn-system/ztunnel"},
+		Debounce:           10 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
 		CertTTL: time.Hour, MaxCertTTL: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
@@ -90,8 +95,8 @@ func TestIstiodLiteServesCertificatesAndWorkloads(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	eventually(t, "istiod-lite ready", func() error {
-		resp, err := http.Get("http://" + cfg.DebugAddress + "/ready")
+	eventually(t, "istiod-lite ready on the probe (metrics) port", func() error {
+		resp, err := http.Get("http://" + cfg.MetricsAddress + "/ready")
 		if err != nil {
 			return err
 		}
@@ -190,8 +195,24 @@ func TestIstiodLiteServesCertificatesAndWorkloads(t *testing.T) {
 	}
 	meshCert.PrivateKey = key
 
-	// Delta xDS: the pod's workload arrives.
-	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(authed)
+	// The workload's own token: no workload discovery for it.
+	if err := xdsFirstResponse(authed, conn); status.Code(err) != codes.PermissionDenied ||
+		!strings.Contains(err.Error(), "--xds-service-accounts") {
+		t.Errorf("xDS with a workload's token: %v, want PermissionDenied naming --xds-service-accounts", err)
+	}
+
+	// The ztunnel service account's token: the pod's workload arrives.
+	if _, err := kube.CoreV1().ServiceAccounts("cairn-system").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "ztunnel"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ztr, err := kube.CoreV1().ServiceAccounts("cairn-system").CreateToken(ctx, "ztunnel", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		Audiences: []string{"istio-ca"},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ztunnelCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+ztr.Status.Token)
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ztunnelCtx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,35 +242,99 @@ func TestIstiodLiteServesCertificatesAndWorkloads(t *testing.T) {
 		return fmt.Errorf("response without %s", want)
 	})
 
-	// No token this time: the mesh certificate the CA just issued
-	// authenticates the client. Without either, the stream is refused.
+	// The ztunnel's own mesh certificate (the CA signs a caller's own
+	// identity) also authenticates it, without a token.
+	ztunnelCert := issue(ztunnelCtx, t, conn, spiffe.Identity{TrustDomain: "cluster.local", Namespace: "cairn-system", ServiceAccount: "ztunnel"})
+
+	// No token this time: a mesh certificate authenticates the client,
+	// and only the ztunnel's may read workload discovery. Without either,
+	// the stream is refused.
 	for _, tc := range []struct {
 		name  string
 		certs []tls.Certificate
-		ok    bool
-	}{{"mesh certificate", []tls.Certificate{meshCert}, true}, {"no credential", nil, false}} {
+		want  codes.Code
+	}{
+		{"ztunnel's mesh certificate", []tls.Certificate{ztunnelCert}, codes.OK},
+		{"a workload's mesh certificate", []tls.Certificate{meshCert}, codes.PermissionDenied},
+		{"no credential", nil, codes.Unauthenticated},
+	} {
 		c, err := grpc.NewClient(cfg.XDSAddress, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 			RootCAs: roots, ServerName: "istiod.cairn-system.svc", MinVersion: tls.VersionTLS13, Certificates: tc.certs,
 		})))
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(c).DeltaAggregatedResources(ctx)
-		if err == nil {
-			err = s.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: model.AddressTypeURL, ResourceNamesSubscribe: []string{"*"}})
-		}
-		if err == nil {
-			var r *discoverygrpc.DeltaDiscoveryResponse
-			if r, err = s.Recv(); err == nil && len(r.GetResources()) == 0 {
-				err = fmt.Errorf("empty first response")
-			}
-		}
-		if tc.ok && err != nil {
-			t.Errorf("%s: %v, want the full state", tc.name, err)
-		}
-		if !tc.ok && status.Code(err) != codes.Unauthenticated {
-			t.Errorf("%s: %v, want Unauthenticated", tc.name, err)
+		if err := xdsFirstResponse(ctx, c); status.Code(err) != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
 		}
 		c.Close()
 	}
+
+	// The debug pages list the whole mesh: they are served on the debug
+	// address only, not on the pod-reachable metrics and probe port.
+	for _, tc := range []struct {
+		addr string
+		want int
+	}{{cfg.DebugAddress, http.StatusOK}, {cfg.MetricsAddress, http.StatusNotFound}} {
+		resp, err := http.Get("http://" + tc.addr + "/debug/model")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("GET %s/debug/model: %d, want %d", tc.addr, resp.StatusCode, tc.want)
+		}
+	}
+}
+
+// xdsFirstResponse opens a delta ADS stream on conn with callCtx's credentials
+// and waits for the first response to a wildcard Address subscription: nil
+// if it came with resources, else the stream's error.
+func xdsFirstResponse(callCtx context.Context, conn *grpc.ClientConn) error {
+	ctx, cancel := context.WithTimeout(callCtx, 10*time.Second)
+	defer cancel()
+	s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: model.AddressTypeURL, ResourceNamesSubscribe: []string{"*"}}); err != nil && err != io.EOF {
+		return err
+	}
+	r, err := s.Recv()
+	if err != nil {
+		return err
+	}
+	if len(r.GetResources()) == 0 {
+		return fmt.Errorf("empty first response")
+	}
+	return nil
+}
+
+// issue gets a certificate for id from the CA with ctx's token.
+func issue(ctx context.Context, t *testing.T, conn *grpc.ClientConn, id spiffe.Identity) tls.Certificate {
+	t.Helper()
+	key, err := pki.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := pki.NewCSR(key, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cav1.NewCertificateServiceClient(conn).CreateCertificate(ctx, &cav1.CreateCertificateRequest{Csr: string(csr)})
+	if err != nil {
+		t.Fatalf("CreateCertificate for %s: %v", id, err)
+	}
+	var cert tls.Certificate
+	for _, pemCert := range resp.GetCertChain() {
+		certs, err := pki.ParseCertsPEM([]byte(pemCert))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range certs {
+			cert.Certificate = append(cert.Certificate, c.Raw)
+		}
+	}
+	cert.PrivateKey = key
+	return cert
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	cav1 "github.com/cairnmesh/cairn/apis/ca/v1"
+	"github.com/cairnmesh/cairn/internal/lograte"
 	"github.com/cairnmesh/cairn/internal/pki"
 	"github.com/cairnmesh/cairn/internal/spiffe"
 )
@@ -76,6 +77,11 @@ type Config struct {
 	Pods          PodIndex
 	Logger        *slog.Logger          // slog.Default() if nil; the caller adds attributes such as component
 	Registerer    prometheus.Registerer // metrics are not registered if nil
+	// RefusalLog paces the warning lines about refused requests (each
+	// is counted in cairn_ca_csr_refused_total anyway): any caller can
+	// make refusals as fast as it likes. Nil means 10 at once, then one a
+	// second.
+	RefusalLog *lograte.Limiter
 }
 
 // authority is what signs, swapped as a whole on rotation.
@@ -120,6 +126,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.RefusalLog == nil {
+		cfg.RefusalLog = lograte.New(time.Second, 10)
 	}
 	s := &Server{
 		cfg: cfg,
@@ -179,7 +188,12 @@ func (s *Server) CreateCertificate(ctx context.Context, req *cav1.CreateCertific
 		if !id.IsZero() {
 			attrs = append(attrs, "identity", id.String())
 		}
-		s.log.Warn("refused CSR", attrs...)
+		if ok, suppressed := s.cfg.RefusalLog.Allow(); ok {
+			if suppressed > 0 {
+				attrs = append(attrs, "suppressed_since_last", suppressed)
+			}
+			s.log.Warn("refused CSR", attrs...)
+		}
 		return nil, st.Err()
 	}
 	s.signed.Inc()

@@ -214,7 +214,8 @@ func (c *Controller) rebuildAll(ctx context.Context) error {
 	c.logNewlySkipped(assemble(prev).Skipped, next.Skipped)
 
 	var errs []error
-	for typeURL, all := range next.Resources {
+	for _, typeURL := range pushOrder(next.Resources) {
+		all := next.Resources[typeURL]
 		if err := c.sink.SetInitial(typeURL, all); err != nil {
 			errs = append(errs, fmt.Errorf("setting the initial %s resources: %w", typeURL, err))
 		}
@@ -257,7 +258,8 @@ func (c *Controller) rebuildDirty(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 	errs := []error{v.err()}
-	for typeURL, ch := range changes {
+	for _, typeURL := range pushOrder(changes) {
+		ch := changes[typeURL]
 		if ch.Empty() {
 			continue
 		}
@@ -268,6 +270,28 @@ func (c *Controller) rebuildDirty(ctx context.Context) error {
 	}
 	errs = append(errs, c.writeStatuses(ctx, statuses))
 	return errors.Join(errs...)
+}
+
+// pushOrder lists the type URLs of m with Authorizations first: the sink
+// delivers types in the order their changes reach it within a batch, and
+// a ztunnel must never hold an Address before the policies that apply to
+// it.
+func pushOrder[V any](m map[string]V) []string {
+	urls := make([]string, 0, len(m))
+	for u := range m {
+		urls = append(urls, u)
+	}
+	slices.SortFunc(urls, func(a, b string) int {
+		return cmp.Or(cmp.Compare(pushRank(a), pushRank(b)), cmp.Compare(a, b))
+	})
+	return urls
+}
+
+func pushRank(typeURL string) int {
+	if typeURL == model.AuthorizationTypeURL {
+		return 0
+	}
+	return 1
 }
 
 // diffPart adds to changes what turns a source's previous part into its

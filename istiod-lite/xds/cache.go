@@ -35,9 +35,20 @@ import (
 // The stream of a request is learned from the callbacks: the server calls
 // OnStreamDeltaRequest and then CreateDeltaWatch with the same request, on
 // the stream's goroutine.
+//
+// Types are delivered in order: a stream gets a response of a type only
+// once it has been sent every change of the types before it in order (the
+// Server's TypeURLs), so a ztunnel never holds a workload Address before
+// the Authorizations that were pushed with or before it. A response held
+// back that way waits in the stream's open watch and goes out right after
+// the earlier type's response, when the client's ACK (or NACK) of that
+// type opens its next watch. The server's response channel keeps the two
+// in that order.
 type deltaCache struct {
 	mu      sync.Mutex
 	types   map[string]*typeCache // fixed after newDeltaCache
+	order   []string              // delivery order
+	rank    map[string]int        // index in order
 	streams map[int64]map[string]*clientState
 
 	reqMu sync.Mutex
@@ -75,21 +86,32 @@ type clientState struct {
 }
 
 type deltaWatch struct {
-	state *clientState
-	req   *cache.DeltaRequest
-	sub   cache.Subscription
-	out   chan cache.DeltaResponse
+	stream int64
+	state  *clientState
+	req    *cache.DeltaRequest
+	sub    cache.Subscription
+	out    chan cache.DeltaResponse
+	// full: compare everything the client may need (a first request, a
+	// subscription change), not only what changed since state.seq.
+	full bool
+	// replyEmpty: answer even with nothing to send (a wildcard
+	// subscription's first request: it tells the client it holds all).
+	replyEmpty bool
 }
 
 var _ cache.Cache = (*deltaCache)(nil)
 
+// newDeltaCache serves typeURLs, delivered to each stream in that order.
 func newDeltaCache(typeURLs []string) *deltaCache {
 	c := &deltaCache{
 		types:   make(map[string]*typeCache, len(typeURLs)),
+		order:   typeURLs,
+		rank:    make(map[string]int, len(typeURLs)),
 		streams: make(map[int64]map[string]*clientState),
 		reqs:    make(map[*discoverygrpc.DeltaDiscoveryRequest]int64),
 	}
-	for _, url := range typeURLs {
+	for i, url := range typeURLs {
+		c.rank[url] = i
 		c.types[url] = &typeCache{
 			url:       url,
 			resources: make(map[string]*discoverygrpc.Resource),
@@ -147,7 +169,7 @@ func (c *deltaCache) Fetch(context.Context, *cache.Request) (cache.Response, err
 
 // CreateDeltaWatch answers at once when the client lacks something it
 // subscribed to, and otherwise parks a watch that the next relevant push
-// answers.
+// answers. A response held back by delivery order is parked too.
 func (c *deltaCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, out chan cache.DeltaResponse) (func(), error) {
 	stream, ok := c.takeRequest(req)
 	if !ok {
@@ -177,26 +199,24 @@ func (c *deltaCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscri
 	if cs.known == nil {
 		cs.known = make(map[string]string)
 	}
-	w := &deltaWatch{state: cs, req: req, sub: sub, out: out}
-
-	full := !cs.started || len(req.GetResourceNamesSubscribe()) > 0 || len(req.GetResourceNamesUnsubscribe()) > 0
-	var candidates []string
-	if !full {
-		candidates, full = tc.changedSince(cs.seq)
+	w := &deltaWatch{
+		stream: stream, state: cs, req: req, sub: sub, out: out,
+		full: !cs.started || len(req.GetResourceNamesSubscribe()) > 0 || len(req.GetResourceNamesUnsubscribe()) > 0,
+		// A wildcard subscription's first request (no nonce) is answered
+		// even when empty: it tells the client it holds the full state.
+		replyEmpty: sub.IsWildcard() && req.GetResponseNonce() == "",
 	}
-	if full {
-		candidates = tc.allCandidates(cs.known, sub)
-	}
-	// A wildcard subscription's first request (no nonce) is answered even
-	// when empty: it tells the client it holds the full state.
-	replyEmpty := sub.IsWildcard() && req.GetResponseNonce() == ""
 	cs.started = true
-	if resp := tc.respond(w, candidates, replyEmpty); resp != nil {
-		out <- resp
-		return nil, nil
+	if !c.heldBack(stream, tc.url) {
+		if resp := tc.evaluate(w); resp != nil {
+			out <- resp
+			c.release(stream, tc.url)
+			return nil, nil
+		}
 	}
 	cs.watch = w
 	tc.watches[w] = struct{}{}
+	c.release(stream, tc.url)
 	return func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -205,6 +225,43 @@ func (c *deltaCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscri
 		}
 		delete(tc.watches, w)
 	}, nil
+}
+
+// heldBack reports whether a response of type url to stream must wait: the
+// stream has not been sent every change of a type before url in delivery
+// order (that type's response is in flight, not yet ACKed). Called with mu
+// held.
+func (c *deltaCache) heldBack(stream int64, url string) bool {
+	byType := c.streams[stream]
+	for _, earlier := range c.order[:c.rank[url]] {
+		if cs := byType[earlier]; cs != nil && cs.started && cs.seq < c.types[earlier].seq {
+			return true
+		}
+	}
+	return false
+}
+
+// release answers the stream's open watches of the types after url in
+// delivery order that were held back and no longer are. Called with mu
+// held, right after url's response (if any) went to the stream's channel,
+// so that theirs follow it.
+func (c *deltaCache) release(stream int64, url string) {
+	byType := c.streams[stream]
+	for _, later := range c.order[c.rank[url]+1:] {
+		cs := byType[later]
+		if cs == nil || cs.watch == nil || c.heldBack(stream, later) {
+			continue
+		}
+		tc, w := c.types[later], cs.watch
+		if cs.seq == tc.seq && !w.full && !w.replyEmpty {
+			continue // not held: nothing waits
+		}
+		if resp := tc.evaluate(w); resp != nil {
+			w.out <- resp // the watch's one response: the slot is free
+			delete(tc.watches, w)
+			cs.watch = nil
+		}
+	}
 }
 
 // update applies one push to a type and answers the open watches it
@@ -225,7 +282,15 @@ func (c *deltaCache) update(url string, upserts []*discoverygrpc.Resource, remov
 	}
 	tc.record(changeSet{seq: tc.seq, names: names})
 	for w := range tc.watches {
-		resp := tc.respond(w, names, false)
+		if c.heldBack(w.stream, url) {
+			continue // release answers it, from the change log
+		}
+		var resp cache.DeltaResponse
+		if w.state.seq+1 == tc.seq && !w.full && !w.replyEmpty {
+			resp = tc.respond(w, names, false)
+		} else { // it was held back over earlier pushes
+			resp = tc.evaluate(w)
+		}
 		if resp == nil {
 			continue
 		}
@@ -236,6 +301,24 @@ func (c *deltaCache) update(url string, upserts []*discoverygrpc.Resource, remov
 		delete(tc.watches, w)
 		w.state.watch = nil
 	}
+}
+
+// evaluate compares what the watch's client holds with the cache: all of
+// it for a full comparison, else the names changed since the client's
+// last response (all of it when the log does not reach back that far). It
+// returns the response to send, or nil.
+func (tc *typeCache) evaluate(w *deltaWatch) cache.DeltaResponse {
+	full := w.full
+	var candidates []string
+	if !full {
+		candidates, full = tc.changedSince(w.state.seq)
+	}
+	if full {
+		candidates = tc.allCandidates(w.state.known, w.sub)
+	}
+	resp := tc.respond(w, candidates, w.replyEmpty)
+	w.full, w.replyEmpty = false, false
+	return resp
 }
 
 // version is the type's push count, as the responses' system version.

@@ -98,6 +98,20 @@ func (cb *callbacks) refuse(reason string, err error) error {
 	return err
 }
 
+// warnRefused writes a warning about a refused stream or request, at the
+// pace of the Server's RefusalLog: a client can make refusals as fast as it
+// likes, and each one is counted in the metric anyway.
+func (cb *callbacks) warnRefused(msg string, attrs ...any) {
+	ok, suppressed := cb.s.refusalLog.Allow()
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		attrs = append(attrs, "suppressed_since_last", suppressed)
+	}
+	cb.s.log.Warn(msg, attrs...)
+}
+
 // OnDeltaStreamOpen authenticates the client of a new delta stream.
 func (cb *callbacks) OnDeltaStreamOpen(ctx context.Context, stream int64, _ string) error {
 	s := cb.s
@@ -111,8 +125,12 @@ func (cb *callbacks) OnDeltaStreamOpen(ctx context.Context, stream int64, _ stri
 	}
 	id, err := s.authenticator.Authenticate(ctx)
 	if err != nil {
-		s.log.Warn("refusing unauthenticated xDS client", "stream", stream, "peer", addr, "err", err)
-		return cb.refuse("unauthenticated", refusal(err))
+		reason := "unauthenticated"
+		if status.Code(err) == codes.PermissionDenied {
+			reason = "permission_denied"
+		}
+		cb.warnRefused("refusing xDS client", "stream", stream, "peer", addr, "reason", reason, "err", err)
+		return cb.refuse(reason, refusal(err))
 	}
 	s.clients.add(&client{stream: stream, identity: id, peer: addr, connected: time.Now(), types: make(map[string]*clientType)})
 	s.metrics.clients.Inc()
@@ -143,9 +161,18 @@ func (cb *callbacks) OnStreamDeltaRequest(stream int64, req *discoverygrpc.Delta
 	url := req.GetTypeUrl()
 	ts, known := s.types[url]
 	if !known {
-		s.log.Warn("refusing request for an unknown type", "stream", stream, "type", url)
+		cb.warnRefused("refusing request for an unknown type", "stream", stream, "identity", c.identity.String(), "type", url)
 		return cb.refuse("unknown_type", status.Errorf(codes.InvalidArgument,
 			"xds: type %q is not served here; served types: %v", url, s.typeURLs))
+	}
+	for _, name := range req.GetResourceNamesSubscribe() {
+		if len(name) > s.maxNameLen {
+			cb.warnRefused("refusing a subscription to an over-long name", "stream", stream, "identity", c.identity.String(),
+				"type", ts.label, "length", len(name))
+			return cb.refuse("name_too_long", status.Errorf(codes.InvalidArgument,
+				"xds: subscription to a %s name of %d bytes; names are at most %d bytes (istiod-lite --xds-max-resource-name-length)",
+				ts.label, len(name), s.maxNameLen))
+		}
 	}
 
 	c.mu.Lock()
@@ -157,11 +184,23 @@ func (cb *callbacks) OnStreamDeltaRequest(stream int64, req *discoverygrpc.Delta
 	if req.GetResponseNonce() == "" && len(ct.subscribed) == 0 && len(req.GetResourceNamesSubscribe()) == 0 {
 		ct.subscribed["*"] = struct{}{} // legacy wildcard: a first request without names
 	}
-	for _, name := range req.GetResourceNamesSubscribe() {
-		ct.subscribed[name] = struct{}{}
-	}
+	// Unsubscriptions first: a request may swap names. The subscription
+	// set is checked before go-control-plane stores it (after this
+	// callback), so a refused request leaves nothing behind.
 	for _, name := range req.GetResourceNamesUnsubscribe() {
 		delete(ct.subscribed, name)
+	}
+	for _, name := range req.GetResourceNamesSubscribe() {
+		if _, ok := ct.subscribed[name]; !ok && len(ct.subscribed) >= s.maxSubs {
+			n := len(ct.subscribed)
+			c.mu.Unlock()
+			cb.warnRefused("refusing xDS subscriptions beyond the limit", "stream", stream, "identity", c.identity.String(),
+				"type", ts.label, "subscribed", n, "limit", s.maxSubs)
+			return cb.refuse("too_many_subscriptions", status.Errorf(codes.ResourceExhausted,
+				"xds: stream subscribes to more than %d %s names (istiod-lite --xds-max-subscriptions); subscribe to \"*\" for all of them",
+				s.maxSubs, ts.label))
+		}
+		ct.subscribed[name] = struct{}{}
 	}
 	nonce := req.GetResponseNonce()
 	nack := req.GetErrorDetail()
@@ -231,7 +270,7 @@ func (cb *callbacks) OnStreamOpen(context.Context, int64, string) error { return
 func (cb *callbacks) OnStreamClosed(int64, *core.Node)                  {}
 
 func (cb *callbacks) OnStreamRequest(stream int64, req *discoverygrpc.DiscoveryRequest) error {
-	cb.s.log.Warn("refusing state-of-the-world xDS request", "stream", stream, "node", req.GetNode().GetId(), "type", req.GetTypeUrl())
+	cb.warnRefused("refusing state-of-the-world xDS request", "stream", stream, "node", req.GetNode().GetId(), "type", req.GetTypeUrl())
 	return cb.refuse("sotw", status.Errorf(codes.Unimplemented,
 		"xds: state-of-the-world xDS is not served (type %q): use delta ADS (DeltaAggregatedResources), "+
 			"since state-of-the-world replies for these types cannot signal removed resources", req.GetTypeUrl()))

@@ -57,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"type"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cairn_xds_refused_streams_total",
-			Help: "xDS streams refused, by reason (unauthenticated, not_ready, sotw, unknown_type).",
+			Help: "xDS streams refused, by reason (unauthenticated, permission_denied, not_ready, sotw, unknown_type, too_many_subscriptions, name_too_long).",
 		}, []string{"reason"}),
 	}
 	if reg == nil {

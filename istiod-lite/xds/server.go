@@ -46,13 +46,28 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/cairnmesh/cairn/internal/lograte"
 )
 
 // Defaults of Config.
 const (
 	DefaultDebounce = 100 * time.Millisecond
 	DefaultMaxDelay = time.Second
+	// DefaultMaxSubscriptions bounds the resource names one stream may
+	// subscribe to per type. A ztunnel subscribes to one, the wildcard.
+	DefaultMaxSubscriptions = 4096
+	// DefaultMaxResourceNameLength bounds the length of a subscribed name.
+	// The longest names istiod-lite makes are a workload's
+	// "<cluster>//Pod/<namespace>/<name>" (about 340 bytes with
+	// Kubernetes' own limits) and a Service's "<namespace>/<hostname>".
+	DefaultMaxResourceNameLength = 1024
 )
+
+// DefaultRefusalLog is the default pace of the warning lines about refused
+// streams: 10 at once, then one a second; the rest are only counted
+// (cairn_xds_refused_streams_total).
+func DefaultRefusalLog() *lograte.Limiter { return lograte.New(time.Second, 10) }
 
 // ErrUnknownType is returned for a type URL the Server was not configured with.
 var ErrUnknownType = errors.New("xds: unknown type URL")
@@ -60,7 +75,10 @@ var ErrUnknownType = errors.New("xds: unknown type URL")
 // Config configures a Server. It is read once by New.
 type Config struct {
 	// TypeURLs are the resource types served, such as
-	// type.googleapis.com/cairn.workload.v1.Address. Required.
+	// type.googleapis.com/cairn.workload.v1.Address, in delivery order:
+	// each client is sent a type's changes only after every change of the
+	// types before it that was pushed with or before them (Authorizations
+	// before the Addresses that depend on them). Required.
 	TypeURLs []string
 	// Debounce is the quiet period: a batch is pushed once no change has
 	// arrived for this long. Zero means DefaultDebounce.
@@ -78,6 +96,18 @@ type Config struct {
 	// SendBudget bounds the bytes of responses being sent at once, over
 	// all clients (see throttledADS). Zero means DefaultSendBudget.
 	SendBudget int64
+	// MaxSubscriptions bounds the resource names a stream may subscribe
+	// to, per type; a request beyond it ends the stream with
+	// codes.ResourceExhausted. Zero means DefaultMaxSubscriptions.
+	MaxSubscriptions int
+	// MaxResourceNameLength bounds the length of a subscribed resource
+	// name; a longer one ends the stream with codes.InvalidArgument. Zero
+	// means DefaultMaxResourceNameLength.
+	MaxResourceNameLength int
+	// RefusalLog paces the warning lines about refused streams (each
+	// refusal is counted in cairn_xds_refused_streams_total anyway). Nil
+	// means DefaultRefusalLog().
+	RefusalLog *lograte.Limiter
 }
 
 // Server serves the configured types over delta ADS. Create it with New,
@@ -91,6 +121,10 @@ type Server struct {
 	metrics       *metrics
 	types         map[string]*typeState // fixed after New
 	typeURLs      []string              // sorted
+	order         []string              // delivery order, as configured
+	maxSubs       int
+	maxNameLen    int
+	refusalLog    *lograte.Limiter
 	cache         *deltaCache
 	ads           server.Server
 	clients       clientTable
@@ -155,8 +189,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Authenticator == nil {
 		return nil, errors.New("xds: no Authenticator configured")
 	}
-	if cfg.Debounce < 0 || cfg.MaxDelay < 0 || cfg.SendBudget < 0 {
-		return nil, errors.New("xds: negative debounce, max delay or send budget")
+	if cfg.Debounce < 0 || cfg.MaxDelay < 0 || cfg.SendBudget < 0 || cfg.MaxSubscriptions < 0 || cfg.MaxResourceNameLength < 0 {
+		return nil, errors.New("xds: negative debounce, max delay, send budget, subscription limit or name length")
 	}
 	s := &Server{
 		log:           cfg.Logger,
@@ -169,6 +203,12 @@ func New(cfg Config) (*Server, error) {
 		wake:          make(chan struct{}, 1),
 		ready:         make(chan struct{}),
 		clients:       clientTable{byStream: make(map[int64]*client)},
+		maxSubs:       cmp.Or(cfg.MaxSubscriptions, DefaultMaxSubscriptions),
+		maxNameLen:    cmp.Or(cfg.MaxResourceNameLength, DefaultMaxResourceNameLength),
+		refusalLog:    cfg.RefusalLog,
+	}
+	if s.refusalLog == nil {
+		s.refusalLog = DefaultRefusalLog()
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -203,8 +243,9 @@ func New(cfg Config) (*Server, error) {
 		s.types[url] = ts
 		s.typeURLs = append(s.typeURLs, url)
 	}
+	s.order = slices.Clone(s.typeURLs)
 	slices.Sort(s.typeURLs)
-	s.cache = newDeltaCache(s.typeURLs)
+	s.cache = newDeltaCache(s.order)
 	s.streamsCtx, s.cancelStreams = context.WithCancel(context.Background())
 	s.ads = server.NewServer(s.streamsCtx, s.cache, &callbacks{s: s}, delta.WithLogger(gcpLogger{s.log}))
 	return s, nil
@@ -381,8 +422,13 @@ func (s *Server) flush() {
 	s.pending = make(map[string]*batch)
 	s.firstQueued, s.lastQueued = time.Time{}, time.Time{}
 	s.mu.Unlock()
-	for url, b := range pending {
-		s.apply(s.types[url], b, queued)
+	// In delivery order: the cache holds a stream's later types back only
+	// while it owes that stream an earlier type's change, so a batch's
+	// Authorizations must reach the cache before its Addresses.
+	for _, url := range s.order {
+		if b := pending[url]; b != nil {
+			s.apply(s.types[url], b, queued)
+		}
 	}
 }
 

@@ -117,7 +117,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	xds, err := xdsclient.New(xdsclient.Config{
 		Address: cfg.XDSAddress, ServerName: cfg.ServerName, RootCAs: roots, TokenFile: cfg.TokenFile,
-		TypeURLs: []string{xdsclient.AddressTypeURL, xdsclient.AuthorizationTypeURL},
+		// Authorizations first: istiod-lite answers in subscription order,
+		// and the proxies decide nothing until both are in (state.Synced).
+		TypeURLs: []string{xdsclient.AuthorizationTypeURL, xdsclient.AddressTypeURL},
 		Registry: xdsclient.WorkloadRegistry(), Handler: storeHandler{store},
 		NodeID:      xdsclient.NodeID(cfg.NodeName, cfg.PodName, cfg.Namespace),
 		Logger:      log.With("component", "xds"),

@@ -28,7 +28,10 @@ var errRevoked = errors.New("closed: the destination's policy no longer allows i
 // received yet waits for them (bounded), then fails closed.
 func (p *Proxy) authorize(ctx context.Context, c authz.Conn) error {
 	dst, snap := p.workload(ctx, c.DestinationIP)
-	if dst == nil {
+	switch {
+	case !snap.Synced():
+		return fmt.Errorf("%w: workload discovery has not delivered every policy yet", errDenied)
+	case dst == nil:
 		return fmt.Errorf("%w: no configuration for destination %s yet", errDenied, c.DestinationIP)
 	}
 	policies, missing := snap.Policies(dst)

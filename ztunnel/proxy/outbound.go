@@ -33,6 +33,9 @@ func (p *Proxy) outbound(conn net.Conn) {
 	src, snap := p.workload(ctx, p.pod.IPs[0])
 	if src == nil {
 		rec.Err, rec.Flags = fmt.Errorf("no configuration for this pod's workload after %v", p.cfg.ConfigWait), "NC"
+		if !snap.Synced() {
+			rec.Err = fmt.Errorf("workload discovery not synced after %v", p.cfg.ConfigWait)
+		}
 		p.cfg.Telemetry.Close(rec)
 		reset(conn)
 		return

@@ -231,3 +231,44 @@ func TestPolicyChangeClosesOpenConnections(t *testing.T) {
 		t.Error("the plaintext connection survived STRICT")
 	}
 }
+
+// TestNamespacePolicyArrivingAfterAddressesIsNeverBypassed is a ztunnel
+// restart under a namespace-wide deny-all: the Addresses are applied
+// first, the Authorizations (which the workloads do not name) a moment
+// later. A connection made in between, over HBONE or in plaintext, must
+// wait for them and be refused, not decided on the Addresses alone; and
+// if they never come it is refused once ConfigWait is over.
+func TestNamespacePolicyArrivingAfterAddressesIsNeverBypassed(t *testing.T) {
+	h := startHarness(t, false)
+	h.applyAddresses()
+	plain := func() (net.Conn, *bufio.Reader) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ipOut.AsSlice()}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", h.inbound.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c, bufio.NewReader(c)
+	}
+
+	// No Authorization ever arrives: refused after ConfigWait (2 s here).
+	c, r := plain()
+	if !closedWithoutData(c, r) {
+		t.Fatal("plaintext reached the app before any Authorization was received")
+	}
+
+	mesh, meshR := h.connect(netip.AddrPortFrom(ipB, appPort))
+	plainC, plainR := plain()
+	time.Sleep(200 * time.Millisecond) // both are waiting; not a timing target
+	denyAll := &workloadv1.Authorization{Name: "deny-all", Namespace: "shop", Scope: workloadv1.Scope_NAMESPACE, Action: workloadv1.Action_ALLOW}
+	h.apply(state.AuthorizationTypeURL, map[string]proto.Message{"shop/deny-all": denyAll})
+	if !closedWithoutData(mesh, meshR) {
+		t.Error("an HBONE connection made before the namespace's deny-all arrived reached the app")
+	}
+	if !closedWithoutData(plainC, plainR) {
+		t.Error("a plaintext connection made before the namespace's deny-all arrived reached the app")
+	}
+	eventually(t, "B logs both denials", func() bool {
+		return strings.Count(h.logOf(h.logB), `"flags":"DENY"`) >= 3
+	})
+}

@@ -197,13 +197,18 @@ func (p *Proxy) Close() error {
 }
 
 // workload finds the workload with ip, waiting (bounded) for a snapshot
-// that has it.
+// that has it and is Synced: until workload discovery has delivered the
+// initial state of both types (after a ztunnel restart, say), a workload
+// may be known without the namespace-wide and mesh-wide policies that
+// apply to it, and nothing may be decided. The snapshot returned is the
+// last one seen; on a timeout the workload is nil and the snapshot may not
+// be Synced.
 func (p *Proxy) workload(ctx context.Context, ip netip.Addr) (*workloadv1.Workload, *state.Snapshot) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConfigWait)
 	defer cancel()
 	for {
 		snap := p.cfg.Store.Snapshot()
-		if w := snap.WorkloadByAddress(p.cfg.Network, ip); w != nil {
+		if w := snap.WorkloadByAddress(p.cfg.Network, ip); w != nil && snap.Synced() {
 			return w, snap
 		}
 		select {

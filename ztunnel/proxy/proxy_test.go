@@ -196,7 +196,15 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+// applyMesh applies the initial state of both types, as workload
+// discovery's first responses do: the Addresses, and no Authorization.
 func (h *harness) applyMesh() {
+	h.applyAddresses()
+	h.apply(state.AuthorizationTypeURL, nil)
+}
+
+// applyAddresses applies the Addresses only.
+func (h *harness) applyAddresses() {
 	svc := map[string]*workloadv1.PortList{"shop/reviews.shop.svc.cluster.local": {Ports: []*workloadv1.Port{{ServicePort: 80, TargetPort: uint32(appPort)}}}}
 	h.apply(state.AddressTypeURL, map[string]proto.Message{
 		"Kubernetes//Pod/shop/a": workload("a", ipA, idA, workloadv1.TunnelProtocol_HBONE, nil),

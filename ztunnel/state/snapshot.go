@@ -45,6 +45,9 @@ type Snapshot struct {
 	globalPolicies    []*workloadv1.Authorization
 	namespacePolicies map[string][]*workloadv1.Authorization
 
+	// synced: every type has been applied at least once (see Synced).
+	synced bool
+
 	// replaced is closed when the next snapshot is published.
 	replaced chan struct{}
 }
@@ -68,6 +71,14 @@ func emptySnapshot() *Snapshot {
 // arrive before the config does) checks the snapshot, and if the workload
 // is missing waits on this channel and takes the store's new snapshot.
 func (s *Snapshot) Replaced() <-chan struct{} { return s.replaced }
+
+// Synced reports whether the snapshot holds the initial state of both
+// types of workload discovery: each has been applied at least once (the
+// control plane's first response of a type holds all of it). Before that a
+// workload may be known without the namespace-wide and mesh-wide
+// Authorizations that apply to it, which it does not name: a proxy must
+// decide nothing on such a snapshot.
+func (s *Snapshot) Synced() bool { return s.synced }
 
 // Workload returns the workload with the given uid, or nil.
 func (s *Snapshot) Workload(uid string) *workloadv1.Workload { return s.workloads[uid] }

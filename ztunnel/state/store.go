@@ -26,13 +26,14 @@ type Store struct {
 	// mu serialises writers only: Apply builds the next snapshot from the
 	// current one, so two concurrent Applies would lose one's changes.
 	// Readers never take it.
-	mu  sync.Mutex
-	cur atomic.Pointer[Snapshot]
+	mu      sync.Mutex
+	cur     atomic.Pointer[Snapshot]
+	applied map[string]bool // types applied at least once; guarded by mu
 }
 
 // NewStore returns a store whose snapshot is empty.
 func NewStore() *Store {
-	s := &Store{}
+	s := &Store{applied: make(map[string]bool, 2)}
 	s.cur.Store(emptySnapshot())
 	return s
 }
@@ -51,6 +52,9 @@ func (s *Store) Snapshot() *Snapshot { return s.cur.Load() }
 // delta is applied, and a rejected one keeps its previous value. The error
 // is then an *ApplyError naming each rejected resource. An unknown type URL
 // changes nothing and returns an error wrapping ErrUnknownType.
+//
+// The first Apply of each type, even an empty one, counts as that type's
+// initial state; the snapshot after the first Apply of both is Synced.
 //
 // Apply publishes one new snapshot when anything changed, so readers never
 // see half a delta. Stored messages are owned by the store: the caller must
@@ -104,6 +108,12 @@ func (s *Store) Apply(typeURL string, upserts map[string]proto.Message, removes 
 		changed = true
 	}
 
+	if !s.applied[typeURL] {
+		s.applied[typeURL] = true
+		if s.applied[AddressTypeURL] && s.applied[AuthorizationTypeURL] {
+			next.synced, changed = true, true
+		}
+	}
 	if changed {
 		s.cur.Store(next)
 		close(cur.replaced)

@@ -358,3 +358,34 @@ func TestPolicies(t *testing.T) {
 		t.Errorf("Policies(nil) = %v", got)
 	}
 }
+
+// TestSyncedAfterBothTypes: a store is Synced only once each type has been
+// applied at least once, an empty first response included, and turning
+// Synced publishes a snapshot (waiters wake up).
+func TestSyncedAfterBothTypes(t *testing.T) {
+	s := NewStore()
+	if s.Snapshot().Synced() {
+		t.Fatal("a new store is Synced")
+	}
+	if err := s.Apply(AddressTypeURL, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Snapshot()
+	if before.Synced() {
+		t.Fatal("Synced with Addresses only: the namespace-wide and mesh-wide policies may not be there yet")
+	}
+	if err := s.Apply(AuthorizationTypeURL, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-before.Replaced():
+	default:
+		t.Fatal("becoming Synced published no snapshot")
+	}
+	if !s.Snapshot().Synced() {
+		t.Fatal("not Synced after both types were applied")
+	}
+	if err := s.Apply("type.googleapis.com/nope", nil, nil); err == nil {
+		t.Fatal("unknown type accepted")
+	}
+}
