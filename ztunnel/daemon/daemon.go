@@ -31,6 +31,7 @@ import (
 	"github.com/cairnmesh/cairn/ztunnel/certs"
 	"github.com/cairnmesh/cairn/ztunnel/cni"
 	"github.com/cairnmesh/cairn/ztunnel/enroll"
+	"github.com/cairnmesh/cairn/ztunnel/hbone"
 	"github.com/cairnmesh/cairn/ztunnel/nodeagent"
 	"github.com/cairnmesh/cairn/ztunnel/proxy"
 	"github.com/cairnmesh/cairn/ztunnel/state"
@@ -70,6 +71,13 @@ type Config struct {
 	DrainHandover time.Duration
 	DrainTimeout  time.Duration
 
+	// Bounds on what pods and peers may make ztunnel hold: the node-wide
+	// limits of inbound HBONE (shared by every pod's server), each HBONE
+	// connection's, and the write timeout of every socket ztunnel writes.
+	HBONELimits  hbone.Limits
+	HBONE        proxy.HBONELimits
+	WriteTimeout time.Duration
+
 	Logger    *slog.Logger
 	AccessLog *slog.Logger
 }
@@ -90,8 +98,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
+	limiter, err := hbone.NewLimiter(cfg.HBONELimits)
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		limitsCollector{limiter})
 	rec, err := telemetry.NewRecorder(reg, cfg.AccessLog)
 	if err != nil {
 		return err
@@ -129,7 +142,8 @@ func Run(ctx context.Context, cfg Config) error {
 	mesh := enroll.New(enroll.Config{
 		Proxy: proxy.Config{
 			Store: store, Certificates: identities{mgr}, Bundle: bundle, Telemetry: rec,
-			Log: log.With("component", "proxy"),
+			Log:          log.With("component", "proxy"),
+			WriteTimeout: cfg.WriteTimeout, Limiter: limiter, HBONE: cfg.HBONE,
 		},
 		Identities: identities{mgr}, TrustDomain: cfg.TrustDomain, NetnsDir: cfg.NetnsDir,
 		IPTables: capture.IPTables{Log: log.With("component", "iptables")},

@@ -37,16 +37,19 @@ type Limits struct {
 	SourceShare int
 }
 
-// Default Limits. Measured costs (docs/ztunnel.md, "Limits"): an idle
-// HBONE connection holds about 40 KiB, a handshake in progress about 30
-// KiB, a tunnel about 30 KiB besides what it buffers; the defaults keep the
-// sum of a full node within the ztunnel DaemonSet's 256 MiB memory limit
-// with MaxBuffered.
+// Default Limits. They keep what a node's HBONE servers may hold, every
+// limit full at once, near 130 MiB of heap, within the ztunnel
+// DaemonSet's 256 MiB memory limit (install/manifests/ztunnel.yaml) with
+// room for the garbage collector. Measured in process (both ends, loopback):
+// a connection waiting for its handshake holds about 12 KiB, an idle
+// HBONE connection about 40 KiB on the server's side, an open tunnel
+// 20-35 KiB besides what it buffers. A node that needs more raises them
+// with the memory limit.
 const (
-	DefaultMaxConnections = 2048
-	DefaultMaxHandshakes  = 256
-	DefaultMaxStreams     = 4096
-	DefaultMaxBuffered    = 64 << 20
+	DefaultMaxConnections = 1024
+	DefaultMaxHandshakes  = 128
+	DefaultMaxStreams     = 2048
+	DefaultMaxBuffered    = 32 << 20
 	DefaultSourceShare    = 25
 )
 

@@ -632,11 +632,18 @@ func (st *stream) sendFrom(sink net.Conn, first *firstBytes) (int64, error) {
 			}
 			return sent, fmt.Errorf("reading from the source: %w", rerr)
 		}
-		if n == limit && pool == &smallReadBuffers {
+		switch {
+		case n == limit && pool == &smallReadBuffers:
 			pool.Put(bp)
 			pool = &largeReadBuffers
 			bp = pool.Get().(*[]byte)
 			maxPayload = min(int(st.c.peerFrameSize()), maxFrameSize)
+		case n < smallRead && pool == &largeReadBuffers:
+			// The bulk is over: an idle tunnel waits for its next
+			// bytes holding a small buffer, not a frame-sized one.
+			pool.Put(bp)
+			pool = &smallReadBuffers
+			bp = pool.Get().(*[]byte)
 		}
 	}
 }
