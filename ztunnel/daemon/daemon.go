@@ -204,7 +204,15 @@ func Run(ctx context.Context, cfg Config) error {
 			closeAll(servers)
 			return fmt.Errorf("%s server: %w", s.name, err)
 		}
-		servers = append(servers, &namedServer{name: s.name, ln: ln, srv: &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}})
+		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: operatorIdleTimeout}
+		if s.name != "admin" {
+			// Metrics and readiness answer anyone on the node's network:
+			// a client that stops reading must not hold a goroutine and
+			// its buffers. (The admin server is on localhost, and a CPU
+			// profile may take longer than the write timeout.)
+			srv.WriteTimeout = cfg.WriteTimeout
+		}
+		servers = append(servers, &namedServer{name: s.name, ln: ln, srv: srv})
 	}
 
 	// Everything below runs until ctx ends; the mesh's proxies drain after.
@@ -260,6 +268,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	return err
 }
+
+// operatorIdleTimeout closes the operator endpoints' keep-alive
+// connections that send no request for this long.
+const operatorIdleTimeout = 2 * time.Minute
 
 // returnStartupMemory gives the memory of start-up back to the node once
 // ztunnel is ready: decoding the first workload discovery response and
