@@ -176,7 +176,9 @@ func (st *stream) receive(data []byte, end bool) error {
 		// client its share of it): this stream must wait no more.
 		st.mu.Unlock()
 		st.c.consumed(nil, consumed+int64(len(data)))
-		st.c.log.Warn("hbone stream reset: the node's buffer for slow destinations is full", "stream", st.id)
+		// Counted by the Limiter (a metric); a log line per reset would
+		// let a client that provokes them flood the log.
+		st.c.log.Debug("hbone stream reset: the node's buffer for slow destinations is full", "stream", st.id)
 		st.cancel(http2.ErrCodeEnhanceYourCalm, errBufferFull)
 		return nil
 	}
