@@ -16,15 +16,15 @@ import (
 	"time"
 
 	"github.com/cairnmesh/cairn/integration/lab"
+	"github.com/cairnmesh/cairn/ztunnel/hbone"
 )
 
-// Defaults of ztunnel's HBONE limits that this test relies on
-// (ztunnel/hbone: DefaultMaxConnections, DefaultSourceShare,
-// DefaultHandshakeTimeout).
+// The defaults of ztunnel's HBONE limits that this test relies on: the
+// lab runs install/manifests/ztunnel.yaml, which sets none of them.
 const (
-	nodeMaxConnections = 1024
-	sourceShare        = 25 // percent
-	handshakeTimeout   = 10 * time.Second
+	nodeMaxConnections = hbone.DefaultMaxConnections
+	sourceShare        = hbone.DefaultSourceShare // percent
+	handshakeTimeout   = hbone.DefaultHandshakeTimeout
 )
 
 // TestHBONELimitsHoldUnderIdleAndHalfHandshakes: one client (the test
