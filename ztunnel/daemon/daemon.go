@@ -31,6 +31,7 @@ import (
 	"github.com/cairnmesh/cairn/ztunnel/certs"
 	"github.com/cairnmesh/cairn/ztunnel/cni"
 	"github.com/cairnmesh/cairn/ztunnel/enroll"
+	"github.com/cairnmesh/cairn/ztunnel/hbone"
 	"github.com/cairnmesh/cairn/ztunnel/nodeagent"
 	"github.com/cairnmesh/cairn/ztunnel/proxy"
 	"github.com/cairnmesh/cairn/ztunnel/state"
@@ -70,6 +71,13 @@ type Config struct {
 	DrainHandover time.Duration
 	DrainTimeout  time.Duration
 
+	// Bounds on what pods and peers may make ztunnel hold: the node-wide
+	// limits of inbound HBONE (shared by every pod's server), each HBONE
+	// connection's, and the write timeout of every socket ztunnel writes.
+	HBONELimits  hbone.Limits
+	HBONE        proxy.HBONELimits
+	WriteTimeout time.Duration
+
 	Logger    *slog.Logger
 	AccessLog *slog.Logger
 }
@@ -90,8 +98,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
+	limiter, err := hbone.NewLimiter(cfg.HBONELimits)
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		limitsCollector{limiter})
 	rec, err := telemetry.NewRecorder(reg, cfg.AccessLog)
 	if err != nil {
 		return err
@@ -131,7 +144,8 @@ func Run(ctx context.Context, cfg Config) error {
 	mesh := enroll.New(enroll.Config{
 		Proxy: proxy.Config{
 			Store: store, Certificates: identities{mgr}, Bundle: bundle, Telemetry: rec,
-			Log: log.With("component", "proxy"),
+			Log:          log.With("component", "proxy"),
+			WriteTimeout: cfg.WriteTimeout, Limiter: limiter, HBONE: cfg.HBONE,
 		},
 		Identities: identities{mgr}, TrustDomain: cfg.TrustDomain, NetnsDir: cfg.NetnsDir,
 		IPTables: capture.IPTables{Log: log.With("component", "iptables")},
@@ -192,7 +206,15 @@ func Run(ctx context.Context, cfg Config) error {
 			closeAll(servers)
 			return fmt.Errorf("%s server: %w", s.name, err)
 		}
-		servers = append(servers, &namedServer{name: s.name, ln: ln, srv: &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}})
+		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: operatorIdleTimeout}
+		if s.name != "admin" {
+			// Metrics and readiness answer anyone on the node's network:
+			// a client that stops reading must not hold a goroutine and
+			// its buffers. (The admin server is on localhost, and a CPU
+			// profile may take longer than the write timeout.)
+			srv.WriteTimeout = cfg.WriteTimeout
+		}
+		servers = append(servers, &namedServer{name: s.name, ln: ln, srv: srv})
 	}
 
 	// Everything below runs until ctx ends; the mesh's proxies drain after.
@@ -248,6 +270,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	return err
 }
+
+// operatorIdleTimeout closes the operator endpoints' keep-alive
+// connections that send no request for this long.
+const operatorIdleTimeout = 2 * time.Minute
 
 // returnStartupMemory gives the memory of start-up back to the node once
 // ztunnel is ready: decoding the first workload discovery response and

@@ -227,6 +227,9 @@ func (a *nullApp) Write(p []byte) (int, error) {
 func (a *nullApp) CloseWrite() error { a.once.Do(func() { close(a.done) }); return nil }
 func (a *nullApp) Close() error      { return a.CloseWrite() }
 
+// SetWriteDeadline is a no-op: the null application never blocks.
+func (a *nullApp) SetWriteDeadline(time.Time) error { return nil }
+
 // BenchmarkRoundTrip is a request and its answer (1 KiB each way, echoed)
 // through the whole path a meshed connection takes, in this process: a
 // client's TCP connection piped into a tunnel (as ztunnel's outbound side

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -33,23 +34,61 @@ import (
 // product as flow control sees it, and on busy cores the delay includes
 // scheduling delays of milliseconds: 4 MiB is what the first version
 // measured as enough for one stream at full speed on loopback. The
-// connection window holds eight full stream windows: the point where a
-// stalled stream starts to slow its neighbours.
+// connection window (connConfig.window, DefaultConnectionWindow) bounds
+// what the whole connection buffers; where it holds several full stream
+// windows, a stalled stream does not slow its neighbours.
 const (
-	maxFrameSize     = 64 << 10
-	streamWindow     = 4 << 20
-	connectionWindow = 8 * streamWindow
+	maxFrameSize = 64 << 10
+	streamWindow = 4 << 20
 	// windowUpdateDivisor: consumed bytes are returned to the peer once
 	// they reach this share of a window, not after every frame.
 	windowUpdateDivisor = 4
-	// maxConcurrentStreams is what a server accepts on one connection;
-	// the pool opens fewer (PoolConfig.MaxStreamsPerConn).
+	// maxConcurrentStreams is the stream limit we assume of a peer until
+	// its SETTINGS say otherwise.
 	maxConcurrentStreams = 1000
 	// headerTableSize is our HPACK decoder's dynamic table.
 	headerTableSize = 4096
 	// initialWindow is HTTP/2's window before SETTINGS say otherwise.
 	initialWindow = 65535
 )
+
+// Defaults of the per-connection limits (ServerConfig, PoolConfig).
+const (
+	// DefaultConnectionWindow is the connection-level receive window: the
+	// most one connection holds for destinations slower than its peer.
+	// Four stream windows, as Istio's ztunnel.
+	DefaultConnectionWindow = 4 * streamWindow
+	// DefaultMaxStreamsPerConnection is the streams a server serves at
+	// once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS); clients
+	// open more connections beyond it. Pools, ours and Istio's, open 100.
+	DefaultMaxStreamsPerConnection = 100
+	// DefaultMaxControlFrames bounds the frames the reader owes the peer
+	// (acknowledgements, resets, window updates) while nothing can be
+	// written: a peer that makes us owe more ends the connection.
+	DefaultMaxControlFrames = 1000
+	// DefaultMaxIdleFrames bounds the frames in a row that carry nothing
+	// (see conn.idleFrame): more end the connection.
+	DefaultMaxIdleFrames = 1000
+	// DefaultWriteTimeout bounds a write that the other end of a socket
+	// does not take: a peer or an application that stops reading.
+	DefaultWriteTimeout = time.Minute
+	// DefaultServerIdleTimeout closes a server connection that has had
+	// no stream for this long. It is longer than the pools' idle timeout
+	// (DefaultIdleTimeout), so that clients close theirs first.
+	DefaultServerIdleTimeout = 10 * time.Minute
+)
+
+// connConfig bounds one connection.
+type connConfig struct {
+	maxHeaderBytes int
+	window         int64  // connection-level receive window
+	maxStreams     uint32 // server: streams served at once
+	maxControl     int    // frames owed to the peer
+	maxIdleFrames  int32  // frames in a row that carry nothing
+	writeTimeout   time.Duration
+	idleTimeout    time.Duration // server: no streams for this long closes it; 0: never
+	adm            *admission    // server: the node-wide limits
+}
 
 // errUnprocessed fails a stream the server says it did not act on
 // (RST_STREAM REFUSED_STREAM, or above the last stream of its GOAWAY): it
@@ -74,10 +113,17 @@ var errConnClosed = errors.New("hbone: connection closed")
 // next writer, or by the connection's control writer if nobody writes. Its
 // one exception is the last write before it closes the connection (a
 // GOAWAY), bounded by lastWriteTimeout.
+//
+// Bounds (flood.go): the queue of frames owed holds at most maxControl
+// frames, and at most maxIdleFrames frames in a row may carry nothing; a
+// peer beyond either gets GOAWAY ENHANCE_YOUR_CALM and the connection
+// ends. Every write that the peer does not take at once is bounded by
+// writeTimeout.
 type conn struct {
 	tc     *tls.Conn
 	bc     *batchConn // under tc: gathers TLS records into one write
 	client bool
+	cfg    connConfig
 	log    *slog.Logger
 
 	fr *http2.Framer // reading side; the reader goroutine's only
@@ -90,7 +136,12 @@ type conn struct {
 
 	cmu     sync.Mutex
 	control []controlFrame
+	flood   error         // set when the peer flooded us: only the GOAWAY is owed now
 	ctlWake chan struct{} // cap 1: control frames are waiting
+
+	// idleFrames counts frames in a row that carry nothing; the reader
+	// adds, and anything useful (our DATA included) resets it.
+	idleFrames atomic.Int32
 
 	mu          sync.Mutex
 	streams     map[uint32]*stream
@@ -101,12 +152,18 @@ type conn struct {
 	peerMaxSize uint32 // largest frame the peer accepts
 	peerWindow  int32  // the peer's initial stream window
 	peerStreams uint32 // the peer's stream limit
-	recvUnacked int64  // connection-level bytes consumed and not returned
-	handlers    int    // server: requests being served, reset or not
-	goAwaySent  bool
-	goAwayRecv  bool
-	err         error         // why the connection ended; set once
-	done        chan struct{} // closed when err is set
+	recvWin     int64  // connection-level: what the peer may still send
+	// peerTableSize is the peer's SETTINGS_HEADER_TABLE_SIZE, for the
+	// encoder's next header block when peerTableSizeSet.
+	peerTableSize    uint32
+	peerTableSizeSet bool
+	recvUnacked      int64     // connection-level bytes consumed and not returned
+	handlers         int       // server: requests being served, reset or not
+	lastActive       time.Time // when the last stream or request ended
+	goAwaySent       bool
+	goAwayRecv       bool
+	err              error         // why the connection ended; set once
+	done             chan struct{} // closed when err is set
 
 	// onGoAway is told once when the peer sends GOAWAY or the connection
 	// ends (client side: the pool stops using it). It may run under wmu
@@ -127,11 +184,12 @@ type controlFrame struct {
 	ping   [8]byte
 }
 
-func newConn(tc *tls.Conn, bc *batchConn, client bool, maxHeaderBytes int, log *slog.Logger) *conn {
+func newConn(tc *tls.Conn, bc *batchConn, client bool, cfg connConfig, log *slog.Logger) *conn {
 	c := &conn{
 		tc:          tc,
 		bc:          bc,
 		client:      client,
+		cfg:         cfg,
 		log:         log,
 		ctlWake:     make(chan struct{}, 1),
 		streams:     make(map[uint32]*stream),
@@ -141,18 +199,21 @@ func newConn(tc *tls.Conn, bc *batchConn, client bool, maxHeaderBytes int, log *
 		peerMaxSize: 16 << 10,
 		peerWindow:  initialWindow,
 		peerStreams: maxConcurrentStreams,
+		recvWin:     cfg.window,
+		lastActive:  time.Now(),
 		done:        make(chan struct{}),
 	}
 	// Most reads are small frames: a buffer lets one TLS record's worth
 	// of them come in with one read. Large payloads bypass it.
 	c.br = bufio.NewReaderSize(tc, 16<<10)
-	c.fr = http2.NewFramer(nil, c.br)
+	c.fr = http2.NewFramer(nil, &frameMeter{r: c.br, c: c})
 	c.fr.SetMaxReadFrameSize(maxFrameSize)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(headerTableSize, nil)
-	c.fr.MaxHeaderListSize = uint32(maxHeaderBytes)
+	c.fr.MaxHeaderListSize = uint32(cfg.maxHeaderBytes)
 	c.fr.SetReuseFrames()
 	c.wfr = http2.NewFramer(tc, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
+	bc.writeTimeout.Store(int64(cfg.writeTimeout))
 	return c
 }
 
@@ -167,7 +228,7 @@ func (c *conn) start() error {
 	if c.client {
 		settings = append(settings, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
 	} else {
-		settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: maxConcurrentStreams})
+		settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.cfg.maxStreams})
 	}
 	return c.write(func() error {
 		if c.client {
@@ -178,7 +239,10 @@ func (c *conn) start() error {
 		if err := c.wfr.WriteSettings(settings...); err != nil {
 			return err
 		}
-		return c.wfr.WriteWindowUpdate(0, connectionWindow-initialWindow)
+		if inc := c.cfg.window - initialWindow; inc > 0 {
+			return c.wfr.WriteWindowUpdate(0, uint32(inc))
+		}
+		return nil
 	})
 }
 
@@ -225,10 +289,20 @@ func (c *conn) writeLocked(fn func() error) error {
 }
 
 // queueControl queues a frame the reader owes and makes sure a writer
-// sends it soon.
+// sends it soon. A peer that makes us owe more than maxControl frames
+// while nothing can be written (it does not read) is flooding us: the
+// frames owed are dropped for a GOAWAY ENHANCE_YOUR_CALM, and the
+// connection ends (endFlood, by the reader or the control writer).
 func (c *conn) queueControl(f controlFrame) {
 	c.cmu.Lock()
-	c.control = append(c.control, f)
+	switch {
+	case c.flood != nil:
+		// Ending: nothing is owed but the GOAWAY.
+	case len(c.control) >= c.cfg.maxControl:
+		c.setFloodLocked(fmt.Errorf("%w: more than %d frames owed to a peer that does not read them", errFlood, c.cfg.maxControl))
+	default:
+		c.control = append(c.control, f)
+	}
 	c.cmu.Unlock()
 	select {
 	case c.ctlWake <- struct{}{}:
@@ -236,14 +310,34 @@ func (c *conn) queueControl(f controlFrame) {
 	}
 }
 
-// controlWriter writes queued control frames when no other writer does.
-// It ends with the connection.
+// controlWriter writes queued control frames when no other writer does,
+// and closes a server connection that stays without streams for
+// idleTimeout. It ends with the connection.
 func (c *conn) controlWriter() {
+	var idle <-chan time.Time
+	var timer *time.Timer
+	if c.cfg.idleTimeout > 0 {
+		timer = time.NewTimer(c.cfg.idleTimeout)
+		defer timer.Stop()
+		idle = timer.C
+	}
 	for {
 		select {
 		case <-c.done:
 			return
+		case <-idle:
+			if left := c.idleLeft(); left > 0 {
+				timer.Reset(left)
+			} else {
+				c.log.Debug("hbone connection idle: closing it", "idle_timeout", c.cfg.idleTimeout)
+				c.goAway() // closes it now, or when a stream that just came ends
+			}
+			continue
 		case <-c.ctlWake:
+		}
+		if err := c.flooded(); err != nil {
+			c.endFlood(err)
+			return
 		}
 		c.cmu.Lock()
 		n := len(c.control)
@@ -255,6 +349,17 @@ func (c *conn) controlWriter() {
 			return
 		}
 	}
+}
+
+// idleLeft is how much longer a server connection may stay without
+// streams before it is closed; at most 0 when that time has come.
+func (c *conn) idleLeft() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.streams) > 0 || c.handlers > 0 {
+		return c.cfg.idleTimeout
+	}
+	return c.cfg.idleTimeout - time.Since(c.lastActive)
 }
 
 func (c *conn) writeControlLocked() error {
@@ -297,6 +402,13 @@ func (c *conn) writeControlLocked() error {
 // The caller holds wmu. Our header blocks are tiny: they always fit the
 // smallest frame a peer may set.
 func (c *conn) writeHeaders(id uint32, end bool, fields ...hpack.HeaderField) error {
+	c.mu.Lock()
+	size, set := c.peerTableSize, c.peerTableSizeSet
+	c.peerTableSizeSet = false
+	c.mu.Unlock()
+	if set {
+		c.henc.SetMaxDynamicTableSizeLimit(size)
+	}
 	c.hbuf.Reset()
 	for _, f := range fields {
 		if err := c.henc.WriteField(f); err != nil {
@@ -365,10 +477,15 @@ func (c *conn) readLoop() error {
 			var se http2.StreamError
 			if errors.As(err, &se) {
 				c.resetStream(se.StreamID, se.Code, fmt.Errorf("hbone: peer's frame: %w", se))
+				if err := c.idleFrame(); err != nil {
+					return c.endFlood(err)
+				}
 				continue
 			}
 			var ce http2.ConnectionError
 			switch {
+			case errors.Is(err, errFlood):
+				return c.endFlood(err)
 			case errors.As(err, &ce):
 				return c.connError(http2.ErrCode(ce), err)
 			case errors.Is(err, http2.ErrFrameTooLarge):
@@ -384,9 +501,17 @@ func (c *conn) readLoop() error {
 			c.fail(err)
 			return err
 		}
-		if err := c.handle(f); err != nil {
+		err = c.handle(f)
+		if err == nil {
+			// A writer may have found the queue of frames owed full.
+			err = c.flooded()
+		}
+		if err != nil {
 			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
+			switch {
+			case errors.Is(err, errFlood):
+				return c.endFlood(err)
+			case errors.As(err, &ce):
 				return c.connError(http2.ErrCode(ce), err)
 			}
 			c.fail(err)
@@ -404,9 +529,15 @@ func (c *conn) handle(f http2.Frame) error {
 	case *http2.MetaHeadersFrame:
 		return c.onHeaders(f)
 	case *http2.SettingsFrame:
-		return c.onSettings(f)
+		if err := c.onSettings(f); err != nil {
+			return err
+		}
+		return c.idleFrame()
 	case *http2.WindowUpdateFrame:
-		return c.onWindowUpdate(f)
+		if err := c.onWindowUpdate(f); err != nil {
+			return err
+		}
+		return c.idleFrame()
 	case *http2.RSTStreamFrame:
 		if st := c.stream(f.StreamID); st != nil {
 			err := fmt.Errorf("hbone: stream reset by peer: %w", http2.StreamError{StreamID: f.StreamID, Code: f.ErrCode})
@@ -416,20 +547,23 @@ func (c *conn) handle(f http2.Frame) error {
 			st.failed(err)
 			c.forget(st)
 		}
-		return nil
+		return c.idleFrame()
 	case *http2.PingFrame:
 		if !f.IsAck() {
+			// Not counted: keepalives may be all a quiet connection
+			// carries. What we owe for them is bounded by maxControl.
 			c.queueControl(controlFrame{typ: http2.FramePing, ping: f.Data})
+			return nil
 		}
-		return nil
+		return c.idleFrame() // we never send PING
 	case *http2.GoAwayFrame:
 		c.onGoAwayFrame(f)
-		return nil
+		return c.idleFrame()
 	case *http2.PushPromiseFrame:
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	default:
 		// PRIORITY and unknown frame types carry nothing for us.
-		return nil
+		return c.idleFrame()
 	}
 }
 
@@ -440,13 +574,13 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 	if err := f.ForeachSetting(func(s http2.Setting) error { return s.Valid() }); err != nil {
 		return err
 	}
-	// Lock order: wmu before mu, as writers take them.
-	if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
-		c.wmu.Lock()
-		c.henc.SetMaxDynamicTableSizeLimit(v)
-		c.wmu.Unlock()
-	}
 	c.mu.Lock()
+	if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
+		// The encoder is the writers': the next header block we write
+		// takes it (writeHeaders). The reader must not wait for wmu,
+		// which a writer holds while the peer does not read.
+		c.peerTableSize, c.peerTableSizeSet = v, true
+	}
 	if v, ok := f.Value(http2.SettingMaxFrameSize); ok {
 		c.peerMaxSize = v
 	}
@@ -556,13 +690,26 @@ const lastWriteTimeout = time.Second
 // lastWrite sends the frames still queued, giving up after
 // lastWriteTimeout.
 func (c *conn) lastWrite() {
-	_ = c.tc.NetConn().SetWriteDeadline(time.Now().Add(lastWriteTimeout))
+	c.bc.closeBy(time.Now().Add(lastWriteTimeout))
 	_ = c.write(func() error { return nil })
 }
 
 // close ends the connection and fails its streams.
 func (c *conn) close() {
 	c.fail(errConnClosed)
+}
+
+// takeBuffer counts n bytes queued for a slow destination against the
+// node's limits (server side), and reports whether they fit.
+func (c *conn) takeBuffer(n int64) bool {
+	return c.cfg.adm == nil || c.cfg.adm.takeBuffer(n)
+}
+
+// freeBuffer counts n queued bytes gone.
+func (c *conn) freeBuffer(n int64) {
+	if c.cfg.adm != nil && n > 0 {
+		c.cfg.adm.freeBuffer(n)
+	}
 }
 
 // stream returns the open stream id, or nil.
@@ -577,6 +724,7 @@ func (c *conn) forget(st *stream) {
 	c.mu.Lock()
 	if c.streams[st.id] == st {
 		delete(c.streams, st.id)
+		c.lastActive = time.Now()
 	}
 	c.mu.Unlock()
 	c.maybeCloseIdle()
@@ -593,10 +741,17 @@ func (c *conn) resetStream(id uint32, code http2.ErrCode, err error) {
 
 // onData delivers a DATA frame. Flow control counts the whole payload,
 // padding included; the connection's share of padding and of frames for
-// streams already gone is returned at once.
+// streams already gone is returned at once. A peer that sends beyond the
+// connection window breaks flow control (a connection error): the window
+// is what bounds the memory one connection may hold.
 func (c *conn) onData(f *http2.DataFrame) error {
 	size := int64(f.Length)
 	c.mu.Lock()
+	if size > c.recvWin {
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	c.recvWin -= size
 	st := c.streams[f.StreamID]
 	unknown := st == nil && f.StreamID > c.highestID()
 	c.mu.Unlock()
@@ -610,11 +765,21 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	if st == nil {
 		c.consumed(nil, int64(len(data)))
 		c.queueControl(controlFrame{typ: http2.FrameRSTStream, stream: f.StreamID, val: uint32(http2.ErrCodeStreamClosed)})
-		return nil
+		if size == 0 {
+			return nil // counted by the frameMeter if it did not end the stream
+		}
+		return c.idleFrame()
 	}
 	if err := st.receive(data, f.StreamEnded()); err != nil {
 		c.consumed(nil, int64(len(data)))
 		c.resetStream(st.id, http2.ErrCodeFlowControl, err)
+		return c.idleFrame()
+	}
+	switch {
+	case len(data) > 0:
+		c.busy()
+	case size > 0 && !f.StreamEnded():
+		return c.idleFrame() // padding alone
 	}
 	return nil
 }
@@ -638,8 +803,9 @@ func (c *conn) consumed(st *stream, n int64) {
 	c.mu.Lock()
 	c.recvUnacked += n
 	var connInc int64
-	if c.recvUnacked >= connectionWindow/windowUpdateDivisor {
+	if c.recvUnacked >= c.cfg.window/windowUpdateDivisor {
 		connInc, c.recvUnacked = c.recvUnacked, 0
+		c.recvWin += connInc
 	}
 	c.mu.Unlock()
 	if connInc > 0 {
@@ -671,6 +837,7 @@ func (c *conn) reserveSend(st *stream, want int) (int, error) {
 			c.sendWin -= n
 			st.sendWin -= n
 			c.mu.Unlock()
+			c.busy() // the peer's WINDOW_UPDATEs answer our DATA
 			return int(n), nil
 		}
 		wait := c.winWait
@@ -689,12 +856,21 @@ func (c *conn) reserveSend(st *stream, want int) (int, error) {
 //
 // When the connection is a socket, reads and the gathered writes go
 // through a rawSocket.
+//
+// Writes the socket does not take at once wait at most writeTimeout (none
+// while it is 0: during the TLS handshake, which has a deadline of its
+// own); once closeBy has set the connection's last deadline, no write
+// waits past it.
 type batchConn struct {
 	net.Conn
 	rs        *rawSocket
 	mu        sync.Mutex
 	gathering bool
 	buf       []byte
+
+	writeTimeout atomic.Int64 // a time.Duration
+	closing      atomic.Bool
+	closeAt      atomic.Int64 // UnixNano; set before closing
 }
 
 func newBatchConn(c net.Conn) *batchConn {
@@ -708,12 +884,57 @@ func (b *batchConn) Read(p []byte) (int, error) {
 	return b.Conn.Read(p)
 }
 
-// out is where gathered bytes go.
+// out is where gathered bytes go. A socket gets them without a deadline
+// when it takes them at once, which is nearly always (setting one costs
+// more than the write of a small frame), and with one otherwise.
 func (b *batchConn) out(p []byte) (int, error) {
+	if b.closing.Load() {
+		_ = b.Conn.SetWriteDeadline(time.Unix(0, b.closeAt.Load()))
+		return b.write(p)
+	}
+	timeout := time.Duration(b.writeTimeout.Load())
+	if timeout <= 0 {
+		return b.write(p)
+	}
+	if b.rs == nil {
+		if err := b.Conn.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+			return 0, err
+		}
+		return b.Conn.Write(p)
+	}
+	n, err := b.rs.writeNow(p)
+	if err != nil || n == len(p) {
+		return n, err
+	}
+	// The peer is not taking our bytes as fast as we send them.
+	if err := b.Conn.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+		return n, err
+	}
+	if b.closing.Load() { // closeBy came in between: its deadline stands
+		_ = b.Conn.SetWriteDeadline(time.Unix(0, b.closeAt.Load()))
+	}
+	m, err := b.rs.Write(p[n:])
+	if err == nil && !b.closing.Load() {
+		// An expired deadline would fail the next writeNow at once.
+		err = b.Conn.SetWriteDeadline(time.Time{})
+	}
+	return n + m, err
+}
+
+func (b *batchConn) write(p []byte) (int, error) {
 	if b.rs != nil {
 		return b.rs.Write(p)
 	}
 	return b.Conn.Write(p)
+}
+
+// closeBy bounds every write from now on by t, those waiting included:
+// the connection's last write (a GOAWAY) must not wait on a peer that does
+// not read.
+func (b *batchConn) closeBy(t time.Time) {
+	b.closeAt.Store(t.UnixNano())
+	b.closing.Store(true)
+	_ = b.Conn.SetWriteDeadline(t)
 }
 
 // largeBatch: a batch buffer grown past this goes back to the pool after

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -46,8 +47,10 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	c.lastPeerID = id
 	// The limit counts requests still being served, not open streams: a
 	// client that resets each stream at once (the "rapid reset" attack)
-	// must not start requests without bound.
-	refuse := c.goAwaySent || c.handlers >= maxConcurrentStreams
+	// must not start requests without bound. Beyond the connection's own
+	// limit, the node's (Limits.MaxStreams) applies.
+	refuse := c.goAwaySent || c.handlers >= int(c.cfg.maxStreams) ||
+		c.cfg.adm != nil && !c.cfg.adm.takeStream()
 	var st *stream
 	if !refuse {
 		st = newStream(c, id)
@@ -57,8 +60,10 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	c.mu.Unlock()
 	if refuse {
+		// Refused, a request is a frame that carries nothing for us: a
+		// client that goes on sending them ends its connection.
 		c.queueControl(controlFrame{typ: http2.FrameRSTStream, stream: id, val: uint32(http2.ErrCodeRefusedStream)})
-		return nil
+		return c.idleFrame()
 	}
 	req := request{
 		method:    f.PseudoValue("method"),
@@ -73,8 +78,9 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if malformed && !req.truncated {
 		c.served()
 		c.resetStream(id, http2.ErrCodeProtocol, errors.New("hbone: malformed request"))
-		return nil
+		return c.idleFrame()
 	}
+	c.busy()
 	if f.StreamEnded() {
 		st.mu.Lock()
 		st.recvEnd = true
@@ -89,7 +95,11 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 func (c *conn) served() {
 	c.mu.Lock()
 	c.handlers--
+	c.lastActive = time.Now()
 	c.mu.Unlock()
+	if c.cfg.adm != nil {
+		c.cfg.adm.endStream()
+	}
 }
 
 // endStream records the peer's end of st without data.
@@ -137,6 +147,14 @@ func (c *conn) onResponse(f *http2.MetaHeadersFrame) error {
 // errNoStreams: the connection takes no new streams (GOAWAY, failure or
 // the server's limit); the pool uses another.
 var errNoStreams = errors.New("hbone: connection takes no new streams")
+
+// brokeWithoutGoAway reports whether the connection ended without the
+// peer's GOAWAY (client side).
+func (c *conn) brokeWithoutGoAway() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err != nil && !c.goAwayRecv
+}
 
 // canOpen reports whether a new stream may be opened now.
 func (c *conn) canOpen() bool {

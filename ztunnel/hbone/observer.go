@@ -60,6 +60,10 @@ const (
 	ReasonDenied Reason = "denied"
 	// ReasonDial: the application could not be reached (503).
 	ReasonDial Reason = "dial"
+	// ReasonFlood: the client flooded the connection (frames it made us
+	// owe and did not read, or frames that carry nothing): it was ended
+	// with GOAWAY ENHANCE_YOUR_CALM, its tunnels with it.
+	ReasonFlood Reason = "flood"
 )
 
 // Refusal describes a refused connection or CONNECT. Fields that were not

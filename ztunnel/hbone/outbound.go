@@ -35,7 +35,7 @@ func (p *Pool) connect(ctx context.Context, key Key) (*poolConn, error) {
 		return nil, fmt.Errorf("hbone: %s negotiated ALPN %q, not %q", key.Address, proto, alpnH2)
 	}
 	pc := &poolConn{key: key, local: raw.LocalAddr()}
-	c := newConn(tc, bc, true, DefaultMaxHeaderBytes, p.log)
+	c := newConn(tc, bc, true, p.connConfig, p.log)
 	c.onGoAway = func() { p.markDead(pc) }
 	pc.c = c
 	if err := c.start(); err != nil {

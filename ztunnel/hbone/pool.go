@@ -81,6 +81,14 @@ type PoolConfig struct {
 	// the server's CertificateWait allows for. Default
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// WriteTimeout bounds a write to the server or to the client of a
+	// tunnel that the other end does not take: one that stopped reading.
+	// Default DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// ConnectionWindow is a connection's receive window: the most it holds
+	// for clients slower than the server. At least 64 KiB. Default
+	// DefaultConnectionWindow.
+	ConnectionWindow int
 }
 
 // Pool opens tunnels over pooled HBONE connections.
@@ -89,8 +97,9 @@ type PoolConfig struct {
 // connection's reader and control writer, which end when the connection
 // does, and waits for them all in Close.
 type Pool struct {
-	cfg PoolConfig
-	log *slog.Logger
+	cfg        PoolConfig
+	connConfig connConfig
+	log        *slog.Logger
 
 	ctx    context.Context // cancelled by Close; aborts dials in progress
 	cancel context.CancelFunc
@@ -151,9 +160,23 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	setDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&cfg.CertificateWait, DefaultCertificateWait)
 	setDefault(&cfg.HandshakeTimeout, DefaultHandshakeTimeout)
+	setDefault(&cfg.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&cfg.ConnectionWindow, DefaultConnectionWindow)
+	if cfg.ConnectionWindow < initialWindow || cfg.ConnectionWindow > maxWindow {
+		return nil, fmt.Errorf("hbone: connection window %d outside %d-%d", cfg.ConnectionWindow, initialWindow, maxWindow)
+	}
 
 	p := &Pool{
-		cfg:  cfg,
+		cfg: cfg,
+		// A server's frames are bounded as a client's are; the stream
+		// limit is the server's to set.
+		connConfig: connConfig{
+			maxHeaderBytes: DefaultMaxHeaderBytes,
+			window:         int64(cfg.ConnectionWindow),
+			maxControl:     DefaultMaxControlFrames,
+			maxIdleFrames:  DefaultMaxIdleFrames,
+			writeTimeout:   cfg.WriteTimeout,
+		},
 		log:  cfg.Logger,
 		wake: make(chan struct{}, 1),
 		keys: make(map[Key]*keyConns),
@@ -206,7 +229,7 @@ func (p *Pool) dial(ctx context.Context, key Key, authority netip.AddrPort, firs
 	defer stop()
 
 	for attempt := 1; ; attempt++ {
-		pc, err := p.acquire(ctx, key)
+		pc, fresh, err := p.acquire(ctx, key)
 		if err == nil {
 			var t *Tunnel
 			if t, err = p.open(ctx, pc, authority, first); err == nil {
@@ -220,8 +243,14 @@ func (p *Pool) dial(ctx context.Context, key Key, authority netip.AddrPort, firs
 		// A CONNECT the server refused unprocessed, or that found its
 		// connection closing, goes again on another connection: during a
 		// rolling restart of the destination's ztunnel a CONNECT can cross
-		// its GOAWAY. The server never saw the first bytes either.
-		if attempt == maxAttempts || ctx.Err() != nil || !(errors.Is(err, errUnprocessed) || errors.Is(err, errNoStreams)) {
+		// its GOAWAY. The server never saw the first bytes either. A
+		// connection dialed for this CONNECT that broke before it without
+		// a GOAWAY is no such race: a server that refused our certificate
+		// closes right after our handshake returned, and would refuse the
+		// next one too.
+		retry := errors.Is(err, errUnprocessed) ||
+			errors.Is(err, errNoStreams) && !(fresh && pc.c.brokeWithoutGoAway())
+		if attempt == maxAttempts || ctx.Err() != nil || !retry {
 			return nil, err
 		}
 		p.log.Debug("hbone CONNECT refused unprocessed: trying again", "dst", key.Address, "authority", authority, "err", err)
@@ -233,14 +262,15 @@ func (p *Pool) dial(ctx context.Context, key Key, authority netip.AddrPort, firs
 const maxAttempts = 3
 
 // acquire returns a connection of key with a stream reserved for the
-// caller, dialing one if none has room. Only one dial per key runs at a
-// time; concurrent callers wait for it and then share the connection.
-func (p *Pool) acquire(ctx context.Context, key Key) (*poolConn, error) {
+// caller, dialing one if none has room; fresh says it dialed it. Only one
+// dial per key runs at a time; concurrent callers wait for it and then
+// share the connection.
+func (p *Pool) acquire(ctx context.Context, key Key) (pc *poolConn, fresh bool, err error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
-			return nil, ErrPoolClosed
+			return nil, false, ErrPoolClosed
 		}
 		kc := p.keys[key]
 		if kc == nil {
@@ -249,25 +279,25 @@ func (p *Pool) acquire(ctx context.Context, key Key) (*poolConn, error) {
 		}
 		if pc := p.reserveLocked(kc); pc != nil {
 			p.mu.Unlock()
-			return pc, nil
+			return pc, false, nil
 		}
 		if d := kc.dialing; d != nil {
 			p.mu.Unlock()
 			select {
 			case <-d.done:
 				if d.err != nil && !d.retry {
-					return nil, d.err
+					return nil, false, d.err
 				}
 				continue
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, false, ctx.Err()
 			}
 		}
 		d := &pendingDial{done: make(chan struct{})}
 		kc.dialing = d
 		p.mu.Unlock()
 
-		pc, err := p.connect(ctx, key)
+		pc, err = p.connect(ctx, key)
 
 		p.mu.Lock()
 		kc.dialing = nil
@@ -275,12 +305,12 @@ func (p *Pool) acquire(ctx context.Context, key Key) (*poolConn, error) {
 		close(d.done)
 		if err != nil {
 			p.mu.Unlock()
-			return nil, err
+			return nil, false, err
 		}
 		if p.closed {
 			p.mu.Unlock()
 			pc.c.close()
-			return nil, ErrPoolClosed
+			return nil, false, ErrPoolClosed
 		}
 		pc.idleSince = time.Now()
 		kc.conns = append(kc.conns, pc)
@@ -296,9 +326,9 @@ func (p *Pool) acquire(ctx context.Context, key Key) (*poolConn, error) {
 		p.mu.Unlock()
 		p.log.Debug("hbone connection opened", "dst", key.Address, "dst_identity", key.Destination.String(), "src_identity", key.Source.String())
 		if !ok {
-			return nil, fmt.Errorf("hbone: new connection to %s takes no streams", key.Address)
+			return nil, false, fmt.Errorf("hbone: new connection to %s takes no streams", key.Address)
 		}
-		return pc, nil
+		return pc, true, nil
 	}
 }
 

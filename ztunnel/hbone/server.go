@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -69,6 +70,48 @@ type ServerConfig struct {
 	// connection error (HPACK refuses to decode it). Default
 	// DefaultMaxHeaderBytes.
 	MaxHeaderBytes int
+
+	// Limiter holds the node-wide limits (connections, handshakes,
+	// streams, buffered bytes) that every pod's Server shares. Nil gives
+	// the Server a Limiter of its own with DefaultLimits.
+	Limiter *Limiter
+	// WriteTimeout bounds a write to the client or to the application
+	// that the other end does not take: one that stopped reading. Default
+	// DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// IdleTimeout closes a connection (GOAWAY, then close) that has had no
+	// stream for this long. Default DefaultServerIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxStreamsPerConnection is the streams served at once on one
+	// connection (SETTINGS_MAX_CONCURRENT_STREAMS). Default
+	// DefaultMaxStreamsPerConnection.
+	MaxStreamsPerConnection int
+	// ConnectionWindow is a connection's receive window: the most it holds
+	// for applications slower than the client. At least 64 KiB. Default
+	// DefaultConnectionWindow.
+	ConnectionWindow int
+	// MaxControlFrames bounds the frames a connection owes a client that
+	// does not read them (acknowledgements, resets, window updates).
+	// Default DefaultMaxControlFrames.
+	MaxControlFrames int
+	// MaxIdleFrames bounds the frames in a row that carry nothing (window
+	// updates, empty frames, settings, refused requests, ...). Default
+	// DefaultMaxIdleFrames.
+	MaxIdleFrames int
+}
+
+// connConfig is the per-connection part of cfg.
+func (cfg *ServerConfig) connConfig(adm *admission) connConfig {
+	return connConfig{
+		maxHeaderBytes: cfg.MaxHeaderBytes,
+		window:         int64(cfg.ConnectionWindow),
+		maxStreams:     uint32(cfg.MaxStreamsPerConnection),
+		maxControl:     cfg.MaxControlFrames,
+		maxIdleFrames:  int32(cfg.MaxIdleFrames),
+		writeTimeout:   cfg.WriteTimeout,
+		idleTimeout:    cfg.IdleTimeout,
+		adm:            adm,
+	}
 }
 
 // Server accepts HBONE: mutual TLS 1.3, then HTTP/2 CONNECT requests to the
@@ -89,6 +132,8 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	active tracker // connection and handler goroutines
+
+	lastOverloadLog atomic.Int64 // UnixNano of the last warning about the limits
 
 	mu        sync.Mutex
 	closing   bool
@@ -128,6 +173,24 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	setDefault(&cfg.HandshakeTimeout, DefaultHandshakeTimeout)
 	setDefault(&cfg.DialTimeout, DefaultDialTimeout)
 	setDefault(&cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	setDefault(&cfg.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&cfg.IdleTimeout, DefaultServerIdleTimeout)
+	setDefault(&cfg.MaxStreamsPerConnection, DefaultMaxStreamsPerConnection)
+	setDefault(&cfg.ConnectionWindow, DefaultConnectionWindow)
+	setDefault(&cfg.MaxControlFrames, DefaultMaxControlFrames)
+	setDefault(&cfg.MaxIdleFrames, DefaultMaxIdleFrames)
+	if cfg.ConnectionWindow < initialWindow || cfg.ConnectionWindow > maxWindow {
+		return nil, fmt.Errorf("hbone: connection window %d outside %d-%d", cfg.ConnectionWindow, initialWindow, maxWindow)
+	}
+	if cfg.MaxStreamsPerConnection > 1<<31-1 || cfg.MaxIdleFrames > 1<<31-1 {
+		return nil, errors.New("hbone: per-connection limits must fit 31 bits")
+	}
+	if cfg.Limiter == nil {
+		var err error
+		if cfg.Limiter, err = NewLimiter(DefaultLimits()); err != nil {
+			return nil, err
+		}
+	}
 
 	s := &Server{
 		cfg:       cfg,
@@ -188,12 +251,52 @@ func (s *Server) Serve(l net.Listener) error {
 			continue
 		}
 		backoff = 0
+		adm, ok := s.cfg.Limiter.admit(addrPort(c.RemoteAddr()).Addr())
+		if !ok {
+			// Over the node's connection limit, or the client's share
+			// of it: closed before it costs anything more.
+			s.overloaded(addrPort(c.RemoteAddr()), errTooManyConns)
+			resetConn(c)
+			continue
+		}
 		if !s.admit() {
+			adm.release()
 			c.Close()
 			continue
 		}
-		go s.serveConn(c)
+		go s.serveConn(c, adm)
 	}
+}
+
+// errTooManyConns refuses a connection over the connection limits.
+var errTooManyConns = errors.New("at the limit of HBONE connections for the node or for this client")
+
+// overloadLogEvery spaces the warnings about refusals for the node's
+// limits: a flood of connections must not become a flood of log lines.
+const overloadLogEvery = 10 * time.Second
+
+// overloaded reports a connection turned away by the node's limits: in the
+// Limiter's counts (metrics), and in a warning at most every
+// overloadLogEvery.
+func (s *Server) overloaded(src netip.AddrPort, err error) {
+	now := time.Now().UnixNano()
+	last := s.lastOverloadLog.Load()
+	if now-last < int64(overloadLogEvery) || !s.lastOverloadLog.CompareAndSwap(last, now) {
+		s.log.Debug("connection refused", "reason", "overloaded", "src", src, "error", err)
+		return
+	}
+	st := s.cfg.Limiter.Stats()
+	s.log.Warn("HBONE connections refused at the node's limits", "src", src, "error", err,
+		"in_use", st.InUse, "max", st.Max, "refused_so_far", st.Refused)
+}
+
+// resetConn closes c with a TCP reset: nothing lingers for a client that
+// was refused.
+func resetConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
 }
 
 func (s *Server) isClosing() bool {
@@ -213,10 +316,11 @@ func (s *Server) admit() bool {
 	return true
 }
 
-// serveConn runs the handshake and then HTTP/2 on one connection; it is
-// the connection's reader.
-func (s *Server) serveConn(c net.Conn) {
+// serveConn runs the handshake and then HTTP/2 on one connection;
+// it is the connection's reader. adm is its hold on the node's limits.
+func (s *Server) serveConn(c net.Conn, adm *admission) {
 	defer s.active.done()
+	defer adm.release()
 	peerAddr := addrPort(c.RemoteAddr())
 	bc := newBatchConn(c)
 	tc := tls.Server(bc, s.tlsConfig)
@@ -227,13 +331,23 @@ func (s *Server) serveConn(c net.Conn) {
 	defer s.untrackConn(tc)
 	defer c.Close()
 
-	// The timeout is a deadline on the connection (see serverTLSConfig)
-	// that also covers the client's preface; s.ctx aborts it on Close.
-	err := c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	if err == nil {
-		err = tc.HandshakeContext(s.ctx)
+	// One deadline from accept covers the wait for a handshake slot, the
+	// handshake and the client's preface: a connection that sends nothing,
+	// or stops half way, is closed after HandshakeTimeout however it
+	// stalls. It is a deadline on the connection (see serverTLSConfig);
+	// s.ctx aborts it on Close.
+	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
+	if err := c.SetDeadline(deadline); err != nil {
+		return
 	}
+	wctx, cancel := context.WithDeadline(s.ctx, deadline)
+	err := adm.startHandshake(wctx)
+	cancel()
 	if err != nil {
+		s.overloaded(peerAddr, err)
+		return
+	}
+	if err := tc.HandshakeContext(s.ctx); err != nil {
 		s.refuseConn(Refusal{Peer: Peer{Addr: peerAddr}, Reason: ReasonHandshake, Err: err})
 		return
 	}
@@ -251,7 +365,7 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	h := &inbound{s: s, peer: Peer{Identity: id, Addr: peerAddr}}
-	hc := newConn(tc, bc, false, s.cfg.MaxHeaderBytes, s.log)
+	hc := newConn(tc, bc, false, s.cfg.connConfig(adm), s.log)
 	hc.onRequest = h.admit
 	if err := hc.readPreface(); err != nil {
 		s.refuseConn(Refusal{Peer: h.peer, Reason: ReasonPreface, Err: err})
@@ -260,6 +374,7 @@ func (s *Server) serveConn(c net.Conn) {
 	if err := c.SetDeadline(time.Time{}); err != nil {
 		return
 	}
+	adm.endHandshake()
 	if err := hc.start(); err != nil {
 		hc.close()
 		return
@@ -272,7 +387,11 @@ func (s *Server) serveConn(c net.Conn) {
 	wg.Go(hc.controlWriter)
 	err = hc.readLoop()
 	wg.Wait()
-	if !errors.Is(err, errConnClosed) {
+	switch {
+	case errors.Is(err, errFlood):
+		s.obs.Refused(Refusal{Peer: h.peer, Reason: ReasonFlood, Err: err})
+		s.log.Warn("HBONE connection ended: its client flooded it", "src", peerAddr, "src_identity", id.String(), "error", err)
+	case !errors.Is(err, errConnClosed):
 		s.log.Debug("hbone connection ended", "src", peerAddr, "src_identity", id.String(), "error", err)
 	}
 }

@@ -484,7 +484,7 @@ func TestRevokeEndsAnOpenTunnel(t *testing.T) {
 // limit, the rest are refused, and a reset request never reaches the
 // application.
 func TestRapidResetIsBounded(t *testing.T) {
-	const limit = 1000 // the server's maxConcurrentStreams
+	const limit = hbone.DefaultMaxStreamsPerConnection
 	var mu sync.Mutex
 	running, most := 0, 0
 	release := make(chan struct{})

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http2"
 )
@@ -170,6 +171,17 @@ func (st *stream) receive(data []byte, end bool) error {
 			return nil
 		}
 	}
+	if len(data) > 0 && !st.c.takeBuffer(int64(len(data))) {
+		// The node holds all it may for slow destinations (or this
+		// client its share of it): this stream must wait no more.
+		st.mu.Unlock()
+		st.c.consumed(nil, consumed+int64(len(data)))
+		// Counted by the Limiter (a metric); a log line per reset would
+		// let a client that provokes them flood the log.
+		st.c.log.Debug("hbone stream reset: the node's buffer for slow destinations is full", "stream", st.id)
+		st.cancel(http2.ErrCodeEnhanceYourCalm, errBufferFull)
+		return nil
+	}
 	st.enqueueLocked(data)
 	if end {
 		st.recvEnd = true
@@ -247,11 +259,12 @@ func (st *stream) drain() {
 		sink := st.sink
 		st.mu.Unlock()
 
-		n, err := sink.Write(data)
+		n, err := writeBounded(sink, data, st.c.cfg.writeTimeout)
 
 		st.mu.Lock()
 		st.down += int64(n)
 		st.queued -= n
+		st.c.freeBuffer(int64(n))
 		head := &st.queue[0]
 		head.data = head.data[n:] // the reader may have appended behind
 		if len(head.data) == 0 {
@@ -294,6 +307,7 @@ func (st *stream) read(done <-chan struct{}, p []byte) (int, error) {
 				}
 			}
 			st.queued -= n
+			st.c.freeBuffer(int64(n))
 			st.down += int64(n)
 			st.mu.Unlock()
 			st.c.consumed(st, int64(n))
@@ -477,6 +491,26 @@ func (st *stream) pipe(ctx context.Context, sink net.Conn, first *firstBytes) (u
 // errStreamCancelled marks resets we made ourselves.
 var errStreamCancelled = errors.New("hbone: stream cancelled")
 
+// errBufferFull resets a stream whose data the node has no room for.
+var errBufferFull = errors.New("hbone: the node's buffer for slow destinations is full")
+
+// writeBounded writes p to c, blocking at most timeout (if positive) when
+// c is slow to take it: a destination that stops reading must not hold
+// the stream, its queue and the goroutine for ever. The deadline is
+// cleared afterwards, as the stream's non-blocking writes (writeNow) would
+// fail on an expired one.
+func writeBounded(c net.Conn, p []byte, timeout time.Duration) (int, error) {
+	if timeout <= 0 {
+		return c.Write(p)
+	}
+	dl := c.SetWriteDeadline(time.Now().Add(timeout)) == nil
+	n, err := c.Write(p)
+	if dl {
+		_ = c.SetWriteDeadline(time.Time{})
+	}
+	return n, err
+}
+
 // attach makes sink the destination of received data and delivers what
 // is already queued.
 func (st *stream) attach(sink net.Conn) {
@@ -513,6 +547,7 @@ func (st *stream) flushNowLocked() (int64, error) {
 		done += int64(n)
 		st.down += int64(n)
 		st.queued -= n
+		st.c.freeBuffer(int64(n))
 		head.data = head.data[n:]
 		full := len(head.data) > 0
 		if !full {
@@ -545,6 +580,7 @@ func (st *stream) discard() {
 // dropQueueLocked empties the queue and returns how many bytes it held.
 func (st *stream) dropQueueLocked() int64 {
 	n := int64(st.queued)
+	st.c.freeBuffer(n)
 	for i := range st.queue {
 		chunkBuffers.Put(st.queue[i].buf)
 		st.queue[i] = chunk{}
@@ -598,11 +634,18 @@ func (st *stream) sendFrom(sink net.Conn, first *firstBytes) (int64, error) {
 			}
 			return sent, fmt.Errorf("reading from the source: %w", rerr)
 		}
-		if n == limit && pool == &smallReadBuffers {
+		switch {
+		case n == limit && pool == &smallReadBuffers:
 			pool.Put(bp)
 			pool = &largeReadBuffers
 			bp = pool.Get().(*[]byte)
 			maxPayload = min(int(st.c.peerFrameSize()), maxFrameSize)
+		case n < smallRead && pool == &largeReadBuffers:
+			// The bulk is over: an idle tunnel waits for its next
+			// bytes holding a small buffer, not a frame-sized one.
+			pool.Put(bp)
+			pool = &smallReadBuffers
+			bp = pool.Get().(*[]byte)
 		}
 	}
 }

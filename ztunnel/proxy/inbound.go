@@ -120,7 +120,7 @@ func (p *Proxy) inboundPlain(conn net.Conn) {
 	ctx, revoke := context.WithCancelCause(ctx)
 	defer revoke(nil)
 	defer p.guard.add(ac, func() { revoke(errRevoked) })()
-	sent, received, err := splice(ctx, conn, upstream)
+	sent, received, err := splice(ctx, conn, upstream, p.cfg.WriteTimeout)
 	if errors.Is(context.Cause(ctx), errRevoked) {
 		err, rec.Flags = errRevoked, "DENY"
 	}

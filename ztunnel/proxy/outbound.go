@@ -88,7 +88,7 @@ func (p *Proxy) outbound(conn net.Conn) {
 		_ = t.Close()
 		err = quiet(err)
 	} else {
-		sent, received, err = splice(ctx, conn, upstream)
+		sent, received, err = splice(ctx, conn, upstream, p.cfg.WriteTimeout)
 	}
 	rec.Sent, rec.Received, rec.Err = uint64(sent), uint64(received), err
 	p.cfg.Telemetry.Close(rec)

@@ -44,6 +44,27 @@ type Config struct {
 	ConfigWait time.Duration
 	// PoolIdle is how long an unused HBONE connection stays open.
 	PoolIdle time.Duration
+	// WriteTimeout bounds every write to a socket whose other end does not
+	// take it (an HBONE peer, an app, a client, a passthrough
+	// destination): one that stopped reading. Zero means
+	// hbone.DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// Limiter holds the node-wide limits of inbound HBONE, shared by every
+	// pod's server. Nil gives each pod a Limiter of its own.
+	Limiter *hbone.Limiter
+	// HBONE bounds each inbound HBONE connection.
+	HBONE HBONELimits
+}
+
+// HBONELimits bound each inbound HBONE connection; zero fields take
+// hbone's defaults (see hbone.ServerConfig).
+type HBONELimits struct {
+	HandshakeTimeout        time.Duration
+	IdleTimeout             time.Duration
+	MaxStreamsPerConnection int
+	ConnectionWindow        int
+	MaxControlFrames        int
+	MaxIdleFrames           int
 }
 
 // Pod is what the proxy needs of one captured pod.
@@ -97,6 +118,9 @@ func Start(cfg Config, pod Pod, ls Listeners, conns *Tracker) (*Proxy, error) {
 	if cfg.ConfigWait == 0 {
 		cfg.ConfigWait = DefaultConfigWait
 	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = hbone.DefaultWriteTimeout
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -109,11 +133,12 @@ func Start(cfg Config, pod Pod, ls Listeners, conns *Tracker) (*Proxy, error) {
 
 	var err error
 	p.pool, err = hbone.NewPool(hbone.PoolConfig{
-		Certificate: func(id spiffe.Identity) (x509svid.Source, error) { return cfg.Certificates.Source(id), nil },
-		Bundle:      cfg.Bundle,
-		Dialer:      pod.Dial,
-		Logger:      log.With("component", "hbone-client"),
-		IdleTimeout: cfg.PoolIdle,
+		Certificate:  func(id spiffe.Identity) (x509svid.Source, error) { return cfg.Certificates.Source(id), nil },
+		Bundle:       cfg.Bundle,
+		Dialer:       pod.Dial,
+		Logger:       log.With("component", "hbone-client"),
+		IdleTimeout:  cfg.PoolIdle,
+		WriteTimeout: cfg.WriteTimeout,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("proxy: HBONE pool for %s/%s: %w", pod.Namespace, pod.Name, err)
@@ -126,6 +151,15 @@ func Start(cfg Config, pod Pod, ls Listeners, conns *Tracker) (*Proxy, error) {
 		Dial:        p.dialForTunnel,
 		Logger:      slog.New(atLeast{log.Handler(), slog.LevelWarn}).With("component", "hbone-server"),
 		Observer:    &inboundObserver{p: p},
+
+		Limiter:                 cfg.Limiter,
+		WriteTimeout:            cfg.WriteTimeout,
+		HandshakeTimeout:        cfg.HBONE.HandshakeTimeout,
+		IdleTimeout:             cfg.HBONE.IdleTimeout,
+		MaxStreamsPerConnection: cfg.HBONE.MaxStreamsPerConnection,
+		ConnectionWindow:        cfg.HBONE.ConnectionWindow,
+		MaxControlFrames:        cfg.HBONE.MaxControlFrames,
+		MaxIdleFrames:           cfg.HBONE.MaxIdleFrames,
 	})
 	if err != nil {
 		_ = p.pool.Close()

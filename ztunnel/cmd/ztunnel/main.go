@@ -8,8 +8,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -18,6 +21,7 @@ import (
 
 	"github.com/cairnmesh/cairn/internal/version"
 	"github.com/cairnmesh/cairn/ztunnel/daemon"
+	"github.com/cairnmesh/cairn/ztunnel/hbone"
 	"github.com/cairnmesh/cairn/ztunnel/telemetry"
 )
 
@@ -56,7 +60,18 @@ ztunnel's own logs on standard error.
 
 On SIGTERM it reports not ready, keeps the pods' listeners open for
 --drain-handover so that a new ztunnel on the node takes them over
-(SO_REUSEPORT), then drains connections for up to --drain-timeout.`,
+(SO_REUSEPORT), then drains connections for up to --drain-timeout.
+
+Every pod of the node depends on this one process, so what any client may
+make it hold is bounded (docs/ztunnel.md, "Limits"). Node-wide, shared by
+every pod's port 15008: --hbone-max-connections, --hbone-max-handshakes,
+--hbone-max-streams and --hbone-max-buffered, of which one client address
+may hold --hbone-source-share percent. Per HBONE connection: its window
+(--hbone-connection-window), streams, the frames it may make ztunnel owe
+or send in a row that carry nothing (GOAWAY ENHANCE_YOUR_CALM beyond),
+and its handshake and idle timeouts. A write that any socket does not take
+for --write-timeout ends its connection. The metrics
+ztunnel_hbone_limit_in_use, _max and _refused_total show them.`,
 		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -99,7 +114,101 @@ On SIGTERM it reports not ready, keeps the pods' listeners open for
 	f.DurationVar(&cfg.DrainHandover, "drain-handover", 3*time.Second, "after SIGTERM, how long the pods' listeners stay open for a new ztunnel to take over")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 20*time.Second, "after the handover, how long open connections may take to finish")
 	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+
+	cfg.HBONELimits = hbone.DefaultLimits()
+	f.DurationVar(&cfg.WriteTimeout, "write-timeout", hbone.DefaultWriteTimeout, "a write that a socket's other end does not take for this long (a peer, an app, a client or a passthrough destination that stopped reading) ends its connection")
+	f.IntVar(&cfg.HBONELimits.MaxConnections, "hbone-max-connections", hbone.DefaultMaxConnections, "inbound HBONE connections open at once on the node (port 15008 of every pod), from accept to close; more are closed at once")
+	f.IntVar(&cfg.HBONELimits.MaxHandshakes, "hbone-max-handshakes", hbone.DefaultMaxHandshakes, "inbound TLS handshakes in progress at once on the node; more wait for a slot within --hbone-handshake-timeout")
+	f.IntVar(&cfg.HBONELimits.MaxStreams, "hbone-max-streams", hbone.DefaultMaxStreams, "inbound tunnels (CONNECT streams) served at once on the node; more are refused (REFUSED_STREAM, which clients retry)")
+	f.Var(newByteSize(&cfg.HBONELimits.MaxBuffered), "hbone-max-buffered", "bytes the node holds for apps that read slower than their clients send (e.g. 32Mi); a stream that would go over is reset (ENHANCE_YOUR_CALM)")
+	f.IntVar(&cfg.HBONELimits.SourceShare, "hbone-source-share", hbone.DefaultSourceShare, "percentage of each --hbone-max-* node-wide limit that one client address (one pod) may hold")
+	f.DurationVar(&cfg.HBONE.HandshakeTimeout, "hbone-handshake-timeout", hbone.DefaultHandshakeTimeout, "an inbound HBONE connection that has not finished its TLS handshake and HTTP/2 preface this long after accept (the wait for a handshake slot included) is closed")
+	f.DurationVar(&cfg.HBONE.IdleTimeout, "hbone-idle-timeout", hbone.DefaultServerIdleTimeout, "an inbound HBONE connection without a stream for this long is closed (GOAWAY)")
+	f.IntVar(&cfg.HBONE.MaxStreamsPerConnection, "hbone-max-streams-per-connection", hbone.DefaultMaxStreamsPerConnection, "tunnels served at once on one inbound HBONE connection (SETTINGS_MAX_CONCURRENT_STREAMS)")
+	cfg.HBONE.ConnectionWindow = hbone.DefaultConnectionWindow
+	f.Var(newIntByteSize(&cfg.HBONE.ConnectionWindow), "hbone-connection-window", "an inbound HBONE connection's receive window: the most it holds for apps slower than the client (e.g. 16Mi, at least 64Ki)")
+	f.IntVar(&cfg.HBONE.MaxControlFrames, "hbone-max-control-frames", hbone.DefaultMaxControlFrames, "frames an HBONE connection may owe a peer that does not read them (acknowledgements, resets, window updates); more end it with GOAWAY ENHANCE_YOUR_CALM")
+	f.IntVar(&cfg.HBONE.MaxIdleFrames, "hbone-max-idle-frames", hbone.DefaultMaxIdleFrames, "frames in a row that carry nothing (window updates, empty frames, refused requests, ...) an HBONE connection takes; more end it with GOAWAY ENHANCE_YOUR_CALM")
 	return cmd
+}
+
+// byteSize is a flag of bytes, with an optional binary suffix: 65536,
+// 64Ki, 16Mi, 1Gi.
+type byteSize struct{ v *int64 }
+
+func newByteSize(v *int64) *byteSize { return &byteSize{v} }
+
+func (b *byteSize) String() string {
+	if b.v == nil {
+		return "0"
+	}
+	return formatBytes(*b.v)
+}
+
+func (b *byteSize) Set(s string) error {
+	n, err := parseBytes(s)
+	if err != nil {
+		return err
+	}
+	*b.v = n
+	return nil
+}
+
+func (b *byteSize) Type() string { return "bytes" }
+
+// intByteSize is byteSize for an int.
+type intByteSize struct{ v *int }
+
+func newIntByteSize(v *int) *intByteSize { return &intByteSize{v} }
+
+func (b *intByteSize) String() string {
+	if b.v == nil {
+		return "0"
+	}
+	return formatBytes(int64(*b.v))
+}
+
+func (b *intByteSize) Set(s string) error {
+	n, err := parseBytes(s)
+	if err != nil {
+		return err
+	}
+	if n > math.MaxInt32 {
+		return fmt.Errorf("%s is too large", s)
+	}
+	*b.v = int(n)
+	return nil
+}
+
+func (b *intByteSize) Type() string { return "bytes" }
+
+var byteUnits = []struct {
+	suffix string
+	shift  uint
+}{{"Gi", 30}, {"Mi", 20}, {"Ki", 10}}
+
+func parseBytes(s string) (int64, error) {
+	shift := uint(0)
+	for _, u := range byteUnits {
+		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, shift = rest, u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("%q is not a size in bytes (e.g. 65536, 64Ki, 16Mi, 1Gi)", s)
+	}
+	return n << shift, nil
+}
+
+func formatBytes(n int64) string {
+	for _, u := range byteUnits {
+		if n != 0 && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 func envOr(key, fallback string) string {
