@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -54,6 +53,7 @@ type Config struct {
 	RootCert   string
 
 	NetnsDir          string // the node's /var/run/netns, as mounted
+	ProcDir           string // the node's /proc, as mounted
 	CNISocket         string // our socket, as mounted
 	CNISocketHostPath string // the hostPath path of the socket's file
 	CNIBinDir         string // the node's CNI bin dir, as mounted
@@ -135,9 +135,10 @@ func Run(ctx context.Context, cfg Config) error {
 		IPTables: capture.IPTables{Log: log.With("component", "iptables")},
 		Log:      log.With("component", "enroll"),
 	})
+	finder := enroll.NetnsFinder{ProcDir: cfg.ProcDir, NetnsDir: cfg.NetnsDir, Log: log.With("component", "netns")}
 	agent, err := nodeagent.New(nodeagent.Config{
-		Node: cfg.NodeName, Kube: kube, Capturer: mesh,
-		FindNetns: func(ip netip.Addr) (string, error) { return enroll.FindNetns(cfg.NetnsDir, ip) },
+		Node: cfg.NodeName, Instance: cfg.PodName, Kube: kube, Capturer: mesh,
+		FindNetns: finder.Find,
 		Log:       log.With("component", "nodeagent"),
 	})
 	if err != nil {

@@ -88,6 +88,7 @@ On SIGTERM it reports not ready, keeps the pods' listeners open for
 	f.StringVar(&cfg.TokenFile, "token-file", "/var/run/secrets/tokens/istio-token", "projected ServiceAccount token (audience istio-ca) for xDS and the CA")
 	f.StringVar(&cfg.RootCert, "root-cert", "/var/run/secrets/istio/root-cert.pem", "the mesh's trust bundle (ConfigMap cairn-root-cert)")
 	f.StringVar(&cfg.NetnsDir, "netns-dir", "/var/run/netns", "where the node's pod network namespaces are mounted")
+	f.StringVar(&cfg.ProcDir, "proc-dir", "/host/proc", "the node's /proc, as mounted: a running pod's network namespace is found through its processes' cgroup (needs CAP_SYS_PTRACE)")
 	f.StringVar(&cfg.CNISocket, "cni-socket", "/var/run/cairn/cni.sock", "socket cairn-cni calls, as ztunnel sees it")
 	f.StringVar(&cfg.CNISocketHostPath, "cni-socket-host-path", "/var/run/cairn/cni.sock", "the same socket's path on the node (its hostPath volume path)")
 	f.StringVar(&cfg.CNIBinDir, "cni-bin-dir", "/host/opt/cni/bin", "the node's CNI plugin directory, as mounted")
