@@ -70,6 +70,10 @@ type Config struct {
 	DrainHandover time.Duration
 	DrainTimeout  time.Duration
 
+	// XDSStaleAfter is how long ztunnel may be without istiod-lite before
+	// readiness and a metric say that its configuration may be stale.
+	XDSStaleAfter time.Duration
+
 	Logger    *slog.Logger
 	AccessLog *slog.Logger
 }
@@ -111,15 +115,19 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("certificates: %w", err)
 	}
 	store := state.NewStore()
-	roots, err := xdsclient.LoadRootCAs(cfg.RootCert)
+	controlPlane, err := telemetry.NewControlPlane(reg, cfg.XDSStaleAfter, log.With("component", "xds"))
 	if err != nil {
 		return err
 	}
+	// The xDS connection, like the CA's, verifies istiod-lite against the
+	// trust bundle as it is at each handshake: a CA root rotation needs no
+	// ztunnel restart.
 	xds, err := xdsclient.New(xdsclient.Config{
-		Address: cfg.XDSAddress, ServerName: cfg.ServerName, RootCAs: roots, TokenFile: cfg.TokenFile,
+		Address: cfg.XDSAddress, ServerName: cfg.ServerName, Roots: bundle, TokenFile: cfg.TokenFile,
 		TypeURLs: []string{xdsclient.AddressTypeURL, xdsclient.AuthorizationTypeURL},
 		Registry: xdsclient.WorkloadRegistry(), Handler: storeHandler{store},
 		NodeID:      xdsclient.NodeID(cfg.NodeName, cfg.PodName, cfg.Namespace),
+		Observer:    controlPlane,
 		Logger:      log.With("component", "xds"),
 		DialOptions: []grpc.DialOption{ping},
 	})
@@ -166,6 +174,13 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			if !agent.Synced() {
 				return false, "waiting to list the node's pods"
+			}
+			// Ready all the same: the pods' traffic flows with the last
+			// configuration, and failing the probe would only stop a
+			// rolling update of ztunnel while istiod-lite is away.
+			if stale, since, lastErr := controlPlane.Stale(); stale {
+				return true, fmt.Sprintf("istiod-lite (%s) unreachable since %s (%s); the workloads and policies in use may be stale; last error: %s",
+					cfg.XDSAddress, since.UTC().Format(time.RFC3339), time.Since(since).Round(time.Second), lastErr)
 			}
 			return true, ""
 		},

@@ -99,6 +99,7 @@ On SIGTERM it reports not ready, keeps the pods' listeners open for
 	f.StringVar(&cfg.ReadinessAddress, "readiness-address", ":15021", "readiness server (/healthz/ready)")
 	f.DurationVar(&cfg.DrainHandover, "drain-handover", 3*time.Second, "after SIGTERM, how long the pods' listeners stay open for a new ztunnel to take over")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 20*time.Second, "after the handover, how long open connections may take to finish")
+	f.DurationVar(&cfg.XDSStaleAfter, "xds-stale-after", telemetry.DefaultStaleAfter, "after this long without istiod-lite, readiness (still 200) and the metric cairn_ztunnel_xds_stale say that the workloads and policies in use may be stale")
 	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	return cmd
 }
