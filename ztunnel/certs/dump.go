@@ -34,7 +34,7 @@ type CertificateDump struct {
 	// zero while a released identity lingers.
 	Pods int `json:"pods"`
 	// Serial is the certificate's serial number in hexadecimal.
-	Serial      string    `json:"serial,omitempty"`
+	Serial string `json:"serial,omitempty"`
 	// RootSerial is the serial number of the root of the trust bundle the
 	// certificate chains to (see the bundle's roots): during a CA root
 	// rotation, which certificates have moved to the new root. Empty when
