@@ -279,8 +279,11 @@ func TestRefusedNetnsLeavesPodOutWithAnEvent(t *testing.T) {
 		events = list.Items
 		return len(events) > 0
 	})
+	mu.Lock()
+	n := calls
+	mu.Unlock()
 	if len(events) != 1 {
-		t.Errorf("%d events after %d refusals, want 1: %+v", len(events), calls, events)
+		t.Errorf("%d events after %d refusals, want 1", len(events), n)
 	}
 	e := events[0]
 	if e.Type != corev1.EventTypeWarning || e.Reason != "NetnsAmbiguous" || e.InvolvedObject.UID != victim.UID ||
