@@ -77,7 +77,10 @@ spec:
 		name := fmt.Sprintf("impostor-%d", i)
 		apply(t, ns, pod(name, 1))
 		waitPods(t, ns, "app="+name, 1)
-		if _, err := execIn(t, ns, name, "ip", "addr", "add", victim.Status.PodIP+"/32", "dev", "lo"); err != nil {
+		// Quietly: with arp_ignore the impostor does not answer the
+		// bridge's ARP for the victim's address (which would only break
+		// the victim's traffic, not give the impostor its identity).
+		if _, err := execIn(t, ns, name, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore && ip addr add "+victim.Status.PodIP+"/32 dev lo"); err != nil {
 			t.Fatal(err)
 		}
 		if n := podNetnsName(t, ns, name, 1); n < victimNetns {
