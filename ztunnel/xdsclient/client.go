@@ -122,7 +122,7 @@ func (c *Client) Run(ctx context.Context) error {
 	for {
 		// Taken before the attempt, so that a change of the roots during
 		// it also cuts the wait after it short.
-		changed := c.rootsChanged()
+		changed := c.nextRootsChange()
 		lived, err := c.stream(ctx, conn)
 		if ctx.Err() != nil {
 			c.log.Info("xDS client stopped")
@@ -185,9 +185,9 @@ const (
 	rootsChanged
 )
 
-// rootsChanged returns the channel closed at the next change of the roots
+// nextRootsChange returns the channel closed at the next change of the roots
 // (nil, never closed, for an Insecure client).
-func (c *Client) rootsChanged() <-chan struct{} {
+func (c *Client) nextRootsChange() <-chan struct{} {
 	if c.cfg.Roots == nil {
 		return nil
 	}
