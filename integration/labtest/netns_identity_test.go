@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/cairnmesh/cairn/integration/lab"
 )
@@ -42,9 +43,9 @@ func podNetnsName(t *testing.T, ns, pod string, i int) string {
 }
 
 // TestRestartedZtunnelServesThePodsOwnNetns: an impostor pod on the
-// victim's node (pods in the lab have NET_ADMIN) puts the victim's IP on
-// its loopback, in a network namespace whose name sorts before the
-// victim's. After a ztunnel restart, when the running pods are found
+// victim's node (pods in the lab have NET_ADMIN), in a network namespace
+// whose name sorts before the victim's, puts the victim's IP on its
+// loopback. After a ztunnel restart, when the running pods are found
 // without cairn-cni, the victim's listeners and identity are in the
 // victim's own namespace, and a client on the other node reaches the
 // victim, not the impostor.
@@ -65,33 +66,30 @@ spec:
   - {name: echo, image: "cairn/echoserver:latest", ports: [{name: http, containerPort: 8080}]}
 `, name, lab.NodeName(node))
 	}
-	apply(t, ns, pod("victim", 1)+"---"+pod("client", 2))
-	victim := waitPods(t, ns, "app=victim", 1)[0]
-	waitPods(t, ns, "app=client", 1)
-	victimNetns := podNetnsName(t, ns, "victim", 1)
-
-	// Impostors until one's namespace sorts first: what the lookup by
-	// address took.
-	impostor := ""
-	for i := range 6 {
-		name := fmt.Sprintf("impostor-%d", i)
-		apply(t, ns, pod(name, 1))
-		waitPods(t, ns, "app="+name, 1)
-		// Quietly: with arp_ignore the impostor does not answer the
-		// bridge's ARP for the victim's address (which would only break
-		// the victim's traffic, not give the impostor its identity).
-		if _, err := execIn(t, ns, name, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore && ip addr add "+victim.Status.PodIP+"/32 dev lo"); err != nil {
-			t.Fatal(err)
-		}
-		if n := podNetnsName(t, ns, name, 1); n < victimNetns {
-			impostor = n
-			break
+	apply(t, ns, pod("pod-0", 1)+"---"+pod("pod-1", 1)+"---"+pod("client", 2))
+	running := waitPods(t, ns, "app in (pod-0,pod-1,client)", 3)
+	// The victim is the pod whose namespace sorts last: the lookup by
+	// address, which took the first namespace holding the address, took
+	// the impostor's.
+	victimName, impostorName := "pod-1", "pod-0"
+	victimNetns, impostor := podNetnsName(t, ns, "pod-1", 1), podNetnsName(t, ns, "pod-0", 1)
+	if victimNetns < impostor {
+		victimName, impostorName = impostorName, victimName
+		victimNetns, impostor = impostor, victimNetns
+	}
+	var victim corev1.Pod
+	for _, p := range running {
+		if p.Name == victimName {
+			victim = p
 		}
 	}
-	if impostor == "" {
-		t.Fatal("no impostor's namespace sorted before the victim's in 6 tries")
+	// Quietly: with arp_ignore the impostor does not answer the bridge's
+	// ARP for the victim's address (which would only break the victim's
+	// traffic, not give the impostor its identity).
+	if _, err := execIn(t, ns, impostorName, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore && ip addr add "+victim.Status.PodIP+"/32 dev lo"); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("victim %s in %s, an impostor holding %s on its loopback in %s", victim.Name, victimNetns, victim.Status.PodIP, impostor)
+	t.Logf("victim %s in %s, the impostor %s holding %s on its loopback in %s", victimName, victimNetns, impostorName, victim.Status.PodIP, impostor)
 
 	ctx := testContext(t)
 	if _, err := kubectl(ctx, "-n", "cairn-system", "rollout", "restart", "daemonset/ztunnel"); err != nil {
@@ -107,7 +105,7 @@ spec:
 			return err
 		}
 		for _, p := range pods {
-			if p.Pod == ns+"/victim" {
+			if p.Pod == ns+"/"+victimName {
 				if got := filepath.Base(p.Netns); got != victimNetns {
 					t.Fatalf("ztunnel serves %s from %s, the victim's is %s (the impostor's %s)", p.Pod, got, victimNetns, impostor)
 				}
@@ -121,7 +119,7 @@ spec:
 		if err != nil {
 			return err
 		}
-		if r.Pod != "victim" {
+		if r.Pod != victimName {
 			t.Fatalf("the victim's address was answered by %s", r.Pod)
 		}
 		return nil
