@@ -59,7 +59,7 @@ func TestInstallGrantsLeastPrivilege(t *testing.T) {
 		sc   *corev1.SecurityContext
 		caps []corev1.Capability
 	}{
-		{"ztunnel", ds.Spec.Template.Spec.Containers[0].SecurityContext, []corev1.Capability{"NET_ADMIN", "NET_RAW", "SYS_ADMIN"}},
+		{"ztunnel", ds.Spec.Template.Spec.Containers[0].SecurityContext, []corev1.Capability{"NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE"}},
 		{"istiod-lite", dep.Spec.Template.Spec.Containers[0].SecurityContext, nil},
 	} {
 		sc := c.sc
@@ -136,6 +136,8 @@ func TestInstallGrantsLeastPrivilege(t *testing.T) {
 		{ztunnel, attrs{Verb: "get", Group: "apps", Resource: "daemonsets", Namespace: "cairn-system", Name: "ztunnel"}, true},
 		{ztunnel, attrs{Verb: "get", Group: "apps", Resource: "daemonsets", Namespace: "cairn-system", Name: "other"}, false},
 		{ztunnel, attrs{Verb: "list", Resource: "nodes"}, false},
+		{ztunnel, attrs{Verb: "create", Resource: "events", Namespace: shop}, true},
+		{ztunnel, attrs{Verb: "update", Resource: "events", Namespace: shop, Name: "x"}, false},
 		{ztunnel, attrs{Verb: "delete", Resource: "pods", Namespace: shop, Name: "web"}, false},
 		{ztunnel, attrs{Verb: "create", Resource: "pods", Subresource: "exec", Namespace: shop, Name: "web"}, false},
 		{ztunnel, attrs{Verb: "get", Resource: "secrets", Namespace: shop, Name: "any"}, false},

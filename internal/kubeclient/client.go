@@ -1,6 +1,7 @@
 package kubeclient
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,6 +28,7 @@ var (
 	Namespaces = Resource{APIPath: "/api/v1", Name: "namespaces"}
 	Nodes      = Resource{APIPath: "/api/v1", Name: "nodes"}
 	DaemonSets = Resource{APIPath: "/apis/apps/v1", Name: "daemonsets", Namespaced: true}
+	Events     = Resource{APIPath: "/api/v1", Name: "events", Namespaced: true}
 )
 
 // Path is the URL path of the resource's collection in namespace (all
@@ -110,16 +112,45 @@ func (c *Client) Get(ctx context.Context, r Resource, namespace, name string, ou
 	return c.getJSON(ctx, r.Path(namespace, name), nil, out)
 }
 
-// do sends a GET of path with query and returns a 2xx response; any other
-// answer is turned into a *StatusError. A 401 makes the next request read
-// the token file again, in case the token rotated under us.
+// Create creates obj (JSON-encodable, with its metadata) in namespace,
+// e.g. Create(ctx, Events, "shop", &event). The API server's answer is
+// not decoded: callers that create do not read it back.
+func (c *Client) Create(ctx context.Context, r Resource, namespace string, obj any) error {
+	body, err := json.Marshal(obj)
+	if err != nil {
+		return fmt.Errorf("kubeclient: encoding %s: %w", r.Name, err)
+	}
+	resp, err := c.send(ctx, http.MethodPost, r.Path(namespace, ""), nil, body)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	return resp.Body.Close()
+}
+
+// do sends a GET of path with query; see send.
 func (c *Client) do(ctx context.Context, path string, query url.Values) (*http.Response, error) {
+	return c.send(ctx, http.MethodGet, path, query, nil)
+}
+
+// send sends a request of path with query (and body, JSON, if not nil)
+// and returns a 2xx response; any other answer is turned into a
+// *StatusError. A 401 makes the next request read the token file again,
+// in case the token rotated under us.
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, body []byte) (*http.Response, error) {
 	u := *c.base
 	u.Path = c.base.Path + path
 	u.RawQuery = query.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
 	if err != nil {
 		return nil, fmt.Errorf("kubeclient: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)
@@ -132,7 +163,7 @@ func (c *Client) do(ctx context.Context, path string, query url.Values) (*http.R
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", path, err)
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return resp, nil
@@ -144,9 +175,9 @@ func (c *Client) do(ctx context.Context, path string, query url.Values) (*http.R
 	// The body is a metav1.Status when the API server wrote it; a proxy's
 	// page or an empty body leaves only the HTTP code.
 	var st status
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if json.Unmarshal(body, &st) != nil || st.Kind != "Status" {
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(answer, &st) != nil || st.Kind != "Status" {
 		st = status{}
 	}
-	return nil, fmt.Errorf("GET %s: %w", path, st.err(resp.StatusCode))
+	return nil, fmt.Errorf("%s %s: %w", method, path, st.err(resp.StatusCode))
 }

@@ -313,3 +313,41 @@ func TestListPagesAndWatch(t *testing.T) {
 		t.Errorf("watch saw %v, want the deletion of b only", seen)
 	}
 }
+
+// TestCreateEvent: Create posts an Event that the API server stores as
+// written (what `kubectl describe pod` then shows), and an object the API
+// server refuses comes back as a StatusError.
+func TestCreateEvent(t *testing.T) {
+	env := testenv.Get(t)
+	kube := env.Client()
+	ctx := context.Background()
+	ns := env.Namespace(t, nil)
+	c := adminClient(t)
+
+	now := time.Now().UTC().Truncate(time.Second)
+	ev := Event{
+		ObjectMeta:     ObjectMeta{Name: "web.1", Namespace: ns},
+		InvolvedObject: ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ns, Name: "web", UID: "0f6e1c2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"},
+		Reason:         "NetnsAmbiguous", Message: "two namespaces", Type: EventWarning,
+		Source:         EventSource{Component: "ztunnel", Host: "node-a"},
+		FirstTimestamp: now, LastTimestamp: now, Count: 1,
+		ReportingController: "cairn.dev/ztunnel", ReportingInstance: "ztunnel-x",
+	}
+	if err := c.Create(ctx, Events, ns, &ev); err != nil {
+		t.Fatal(err)
+	}
+	got, err := kube.CoreV1().Events(ns).Get(ctx, "web.1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.InvolvedObject.Name != "web" || got.InvolvedObject.UID != "0f6e1c2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b" || got.Reason != "NetnsAmbiguous" ||
+		got.Type != "Warning" || got.Source.Component != "ztunnel" || got.Source.Host != "node-a" || got.Count != 1 ||
+		!got.LastTimestamp.Time.Equal(now) || got.ReportingController != "cairn.dev/ztunnel" {
+		t.Errorf("stored event %+v", got)
+	}
+	err = c.Create(ctx, Events, ns, &ev) // the same name again
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != 409 || !strings.Contains(err.Error(), "POST") {
+		t.Errorf("creating a duplicate: %v, want a 409 StatusError naming the POST", err)
+	}
+}

@@ -73,3 +73,40 @@ type Node struct {
 type DaemonSet struct {
 	ObjectMeta `json:"metadata"`
 }
+
+// ObjectReference names the object an Event is about.
+type ObjectReference struct {
+	Kind       string `json:"kind"`
+	APIVersion string `json:"apiVersion,omitempty"`
+	Namespace  string `json:"namespace,omitempty"`
+	Name       string `json:"name"`
+	UID        string `json:"uid,omitempty"`
+}
+
+// EventSource is the component (and host) that reported an Event.
+type EventSource struct {
+	Component string `json:"component,omitempty"`
+	Host      string `json:"host,omitempty"`
+}
+
+// Event types.
+const (
+	EventNormal  = "Normal"
+	EventWarning = "Warning"
+)
+
+// Event is the part of a core/v1 Event that ztunnel writes: what
+// `kubectl describe` shows under the object it names.
+type Event struct {
+	ObjectMeta          `json:"metadata"`
+	InvolvedObject      ObjectReference `json:"involvedObject"`
+	Reason              string          `json:"reason"`
+	Message             string          `json:"message"`
+	Type                string          `json:"type"`
+	Source              EventSource     `json:"source"`
+	FirstTimestamp      time.Time       `json:"firstTimestamp"`
+	LastTimestamp       time.Time       `json:"lastTimestamp"`
+	Count               int32           `json:"count"`
+	ReportingController string          `json:"reportingComponent,omitempty"`
+	ReportingInstance   string          `json:"reportingInstance,omitempty"`
+}

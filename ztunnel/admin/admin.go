@@ -21,8 +21,10 @@ type Sources struct {
 	ConfigDump  map[string]func() any
 	Connections func() any
 	// Ready reports whether ztunnel can serve: its configuration synced,
-	// its node's pods listed. The reason says what it waits for.
-	Ready func() (bool, string)
+	// its node's pods listed. When not ready, the detail says what it waits
+	// for; when ready, a detail is a warning that does not fail the probe
+	// (configuration that may be stale: ztunnel serves on with it).
+	Ready func() (ready bool, detail string)
 }
 
 // Draining, once set, makes readiness fail while connections drain.
@@ -58,7 +60,8 @@ func AdminHandler(src Sources, log *slog.Logger) http.Handler {
 	return mux
 }
 
-// ReadinessHandler serves /healthz/ready: 200 when ready and not draining.
+// ReadinessHandler serves /healthz/ready: 200 when ready and not draining,
+// with the warning of Sources.Ready, if any, in the body.
 func ReadinessHandler(src Sources, drain *Draining) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
@@ -66,11 +69,15 @@ func ReadinessHandler(src Sources, drain *Draining) http.Handler {
 			http.Error(w, drain.reason(), http.StatusServiceUnavailable)
 			return
 		}
-		if ok, why := src.Ready(); !ok {
-			http.Error(w, why, http.StatusServiceUnavailable)
-			return
+		ok, detail := src.Ready()
+		switch {
+		case !ok:
+			http.Error(w, detail, http.StatusServiceUnavailable)
+		case detail != "":
+			_, _ = w.Write([]byte("ready; warning: " + detail + "\n"))
+		default:
+			_, _ = w.Write([]byte("ready\n"))
 		}
-		_, _ = w.Write([]byte("ready\n"))
 	})
 	return mux
 }

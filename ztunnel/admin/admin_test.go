@@ -50,9 +50,13 @@ func TestReadiness(t *testing.T) {
 	if code, body := get(t, h, "/healthz/ready"); code != 503 || !strings.Contains(body, "xDS") {
 		t.Errorf("before sync: %d %q", code, body)
 	}
-	ready = true
-	if code, _ := get(t, h, "/healthz/ready"); code != 200 {
-		t.Errorf("after sync: %d", code)
+	ready, why = true, ""
+	if code, body := get(t, h, "/healthz/ready"); code != 200 || body != "ready\n" {
+		t.Errorf("after sync: %d %q", code, body)
+	}
+	why = "istiod-lite unreachable since 2026-12-01T10:00:00Z; configuration may be stale"
+	if code, body := get(t, h, "/healthz/ready"); code != 200 || !strings.Contains(body, "ready; warning: istiod-lite unreachable since 2026-12-01T10:00:00Z") {
+		t.Errorf("ready with a warning: %d %q; want 200 with the warning", code, body)
 	}
 	drain.Set()
 	if code, body := get(t, h, "/healthz/ready"); code != 503 || !strings.Contains(body, "draining") {

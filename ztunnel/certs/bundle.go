@@ -226,6 +226,7 @@ func (b *Bundle) Changed() <-chan struct{} {
 	return b.changed
 }
 
-// pool returns the current roots as a pool, shared: callers must not add
-// to it.
-func (b *Bundle) pool() *x509.CertPool { return b.current.Load().pool }
+// Pool returns the current roots as a pool, shared: callers must not add
+// to it. It is what every TLS connection to istiod-lite verifies against
+// (pki.ServerClientConfig), read at each handshake.
+func (b *Bundle) Pool() *x509.CertPool { return b.current.Load().pool }

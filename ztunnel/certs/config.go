@@ -32,6 +32,9 @@ const (
 	// DefaultMaxInFlight bounds the concurrent CreateCertificate calls of
 	// one node.
 	DefaultMaxInFlight = 8
+	// DefaultRotationSpread is the window over which a node's identities
+	// renew once the CA has switched to a new root.
+	DefaultRotationSpread = 30 * time.Second
 )
 
 // Config configures a Manager.
@@ -60,6 +63,11 @@ type Config struct {
 	BackoffBase, BackoffMax time.Duration
 	// MaxInFlight bounds concurrent requests; DefaultMaxInFlight if zero.
 	MaxInFlight int
+	// RotationSpread is the window, after the trust bundle shows that the
+	// CA signs under a new root (it lists that root first), over which the
+	// certificates issued under the old root are renewed, each at a random
+	// moment; DefaultRotationSpread if zero.
+	RotationSpread time.Duration
 	// Logger gets issuance and failures; slog.Default() if nil. The caller
 	// adds attributes such as the component.
 	Logger *slog.Logger
@@ -77,7 +85,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Bundle == nil {
 		return c, errors.New("bundle is required")
 	}
-	if c.TTL < 0 || c.Linger < 0 || c.RequestTimeout < 0 || c.BackoffBase < 0 || c.BackoffMax < 0 || c.MaxInFlight < 0 {
+	if c.TTL < 0 || c.Linger < 0 || c.RequestTimeout < 0 || c.BackoffBase < 0 || c.BackoffMax < 0 || c.MaxInFlight < 0 || c.RotationSpread < 0 {
 		return c, errors.New("durations and MaxInFlight must not be negative")
 	}
 	if c.Address == "" {
@@ -103,6 +111,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.RotationSpread == 0 {
+		c.RotationSpread = DefaultRotationSpread
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

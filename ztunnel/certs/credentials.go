@@ -2,60 +2,12 @@ package certs
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
 	"google.golang.org/grpc/credentials"
 )
-
-// caTLS is the client TLS configuration of the CA connection: istiod must
-// present a certificate for serverName that chains to the trust bundle as
-// it is at the time of the handshake. crypto/tls only verifies against a
-// fixed RootCAs pool, which would pin the roots ztunnel started with and
-// break the first reconnect after a root rotation; so the chain is checked
-// in VerifyConnection instead, with the same checks crypto/tls makes
-// (chain, validity, server name, serverAuth usage).
-func caTLS(bundle *Bundle, serverName string) *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		ServerName: serverName,
-		// Not insecure: VerifyConnection below does the verification that
-		// crypto/tls would, against the current roots.
-		InsecureSkipVerify: true, //nolint:gosec // verified in VerifyConnection
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			return verifyServer(cs.PeerCertificates, bundle.pool(), serverName, time.Now())
-		},
-	}
-}
-
-// verifyServer checks a server's chain (leaf first) against roots for
-// name. The wall clock is right here even in tests with a fake clock: this
-// is a real handshake.
-func verifyServer(chain []*x509.Certificate, roots *x509.CertPool, name string, now time.Time) error {
-	if len(chain) == 0 {
-		return errors.New("CA server sent no certificate")
-	}
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	_, err := chain[0].Verify(x509.VerifyOptions{
-		DNSName:       name,
-		Roots:         roots,
-		Intermediates: inter,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	})
-	if err != nil {
-		return fmt.Errorf("CA server certificate: %w", err)
-	}
-	return nil
-}
 
 // readToken reads ztunnel's projected service account token. It is read
 // again for every request because the kubelet rotates projected tokens in

@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"slices"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // State is an identity's certificate state, for people reading a dump.
@@ -32,7 +34,12 @@ type CertificateDump struct {
 	// zero while a released identity lingers.
 	Pods int `json:"pods"`
 	// Serial is the certificate's serial number in hexadecimal.
-	Serial      string    `json:"serial,omitempty"`
+	Serial string `json:"serial,omitempty"`
+	// RootSerial is the serial number of the root of the trust bundle the
+	// certificate chains to (see the bundle's roots): during a CA root
+	// rotation, which certificates have moved to the new root. Empty when
+	// it chains to none of them.
+	RootSerial  string    `json:"rootSerial,omitempty"`
 	NotBefore   time.Time `json:"notBefore,omitzero"`
 	NotAfter    time.Time `json:"notAfter,omitzero"`
 	RenewAt     time.Time `json:"renewAt,omitzero"`
@@ -70,6 +77,10 @@ func (m *Manager) dumpEntry(e *entry, d CertificateDump, now time.Time) Certific
 	if cur != nil {
 		leaf := leafOf(cur.svid)
 		d.Serial = leaf.SerialNumber.Text(16)
+		if _, chains, err := x509svid.Verify(cur.svid.Certificates, m.cfg.Bundle, x509svid.WithTime(now)); err == nil {
+			chain := chains[0]
+			d.RootSerial = chain[len(chain)-1].SerialNumber.Text(16)
+		}
 		d.NotBefore, d.NotAfter, d.RenewAt = leaf.NotBefore, leaf.NotAfter, cur.renewAt
 	}
 	switch {

@@ -6,11 +6,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -279,6 +281,7 @@ type harness struct {
 	tokenPath string
 	cancel    context.CancelFunc
 	done      chan error
+	jitter    atomic.Uint64 // float64 bits: what the manager's jitter returns (0 unless set)
 }
 
 // newHarness starts a Manager; adjust changes its configuration first.
@@ -302,7 +305,7 @@ func newHarness(t *testing.T, adjust func(*Config)) *harness {
 	if adjust != nil {
 		adjust(&cfg)
 	}
-	m, err := newManager(cfg, h.clock, func() float64 { return 0 })
+	m, err := newManager(cfg, h.clock, func() float64 { return math.Float64frombits(h.jitter.Load()) })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	cav1 "github.com/cairnmesh/cairn/apis/ca/v1"
+	"github.com/cairnmesh/cairn/internal/pki"
 	"github.com/cairnmesh/cairn/internal/spiffe"
 )
 
@@ -122,7 +123,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.mu.Unlock()
 		return errors.New("certs: Run called twice")
 	}
-	creds := credentials.NewTLS(caTLS(m.cfg.Bundle, m.cfg.ServerName))
+	// istiod's certificate must chain to the trust bundle as it is at each
+	// handshake: a root rotation needs no restart.
+	creds := credentials.NewTLS(pki.ServerClientConfig(m.cfg.ServerName, m.cfg.Bundle.Pool))
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, m.cfg.DialOptions...)
 	conn, err := grpc.NewClient(m.cfg.Address, opts...)
 	if err != nil {
@@ -136,7 +139,16 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 
-	<-ctx.Done()
+	// After a change of the roots, a connection that failed for want of
+	// the new one is tried again at once, not after gRPC's back-off.
+	for changed := m.cfg.Bundle.Changed(); ctx.Err() == nil; {
+		select {
+		case <-ctx.Done():
+		case <-changed:
+			changed = m.cfg.Bundle.Changed()
+			conn.ResetConnectBackoff()
+		}
+	}
 	m.mu.Lock()
 	m.phase = afterRun // no worker starts from now on
 	m.mu.Unlock()

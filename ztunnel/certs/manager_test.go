@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -418,7 +419,7 @@ func TestCAServerMustChainToBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := h.obs.expect(t, "failed", id)
-	if ev.reason != ReasonCA || !strings.Contains(ev.err.Error(), "CA server certificate") {
+	if ev.reason != ReasonCA || !strings.Contains(ev.err.Error(), "server certificate for istiod.cairn-system.svc") {
 		t.Errorf("failure %s: %v; want %s refusing istiod's certificate", ev.reason, ev.err, ReasonCA)
 	}
 	if toks := h.ca.seenTokens(); len(toks) != 0 {
@@ -476,6 +477,78 @@ func TestRootRotationRenewsAtOnce(t *testing.T) {
 	}
 	if toks := h.ca.seenTokens(); len(toks) != 2 {
 		t.Errorf("CA saw %d requests, want 2 (none for the added root)", len(toks))
+	}
+}
+
+// TestSignerSwitchRenewsUnderTheNewRoot: the three steps of a root
+// rotation. A root added to the bundle fetches nothing; when the CA
+// switches to signing under it, istiod-lite lists it first, and every
+// certificate moves to it long before half life, so that removing the old
+// root later leaves no peer with a certificate the others refuse; the
+// removal itself then fetches nothing.
+func TestSignerSwitchRenewsUnderTheNewRoot(t *testing.T) {
+	h := newHarness(t, nil)
+	runBundle(t, h.bundle)
+	id := identity("web")
+	if err := h.m.Want(id); err != nil {
+		t.Fatal(err)
+	}
+	h.obs.expect(t, "issued", id)
+	old := h.await(id)
+
+	next := newRoot(t)
+	changed := h.bundle.Changed()
+	writeRoots(t, h.bundle.path, h.root.Cert, next.Cert) // 1. add the new root
+	awaitClosed(t, changed)
+
+	h.ca.setRoot(next) // 2. switch the signer
+	changed = h.bundle.Changed()
+	writeRoots(t, h.bundle.path, next.Cert, h.root.Cert)
+	awaitClosed(t, changed)
+	h.obs.expect(t, "issued", id) // the clock has not moved: not a renewal at half life
+	svid := h.await(id)
+	if serial(svid) == serial(old) || !chainsTo(svid, next.Cert, h.clock.Now()) {
+		t.Fatal("the certificate was not renewed under the new root")
+	}
+	if d := h.dump(id); d.RootSerial != next.Cert.SerialNumber.Text(16) {
+		t.Errorf("dump says root %q, want the new root's serial %s", d.RootSerial, next.Cert.SerialNumber.Text(16))
+	}
+
+	changed = h.bundle.Changed()
+	writeRoots(t, h.bundle.path, next.Cert) // 3. remove the old root
+	awaitClosed(t, changed)
+	select {
+	case ev := <-h.obs.events:
+		t.Errorf("removing the old root caused %s %s: the certificate was already under the new one", ev.kind, ev.id)
+	case <-time.After(300 * time.Millisecond): // a bounded look for a wrong fetch, not a timing target
+	}
+	if toks := h.ca.seenTokens(); len(toks) != 2 {
+		t.Errorf("CA saw %d requests, want 2 (the first, and the move to the new root)", len(toks))
+	}
+}
+
+// TestRenewForBundleSpreadsTheMove: the move to a new signing root is
+// scheduled at a random moment within RotationSpread, not at once.
+func TestRenewForBundleSpreadsTheMove(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.RotationSpread = time.Minute })
+	id := identity("web")
+	if err := h.m.Want(id); err != nil {
+		t.Fatal(err)
+	}
+	h.obs.expect(t, "issued", id)
+	h.await(id)
+	h.jitter.Store(math.Float64bits(0.25))
+	next := newRoot(t)
+	writeRoots(t, h.bundle.path, next.Cert, h.root.Cert)
+	if err := h.bundle.reload(); err != nil {
+		t.Fatal(err)
+	}
+	h.m.mu.RLock()
+	e := h.m.entries[id]
+	h.m.mu.RUnlock()
+	at, ok := h.m.renewForBundle(e)
+	if want := h.clock.Now().Add(15 * time.Second); !ok || !at.Equal(want) {
+		t.Errorf("renewForBundle = %v, %v; want %v (a quarter of the spread)", at, ok, want)
 	}
 }
 

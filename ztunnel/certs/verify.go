@@ -67,5 +67,11 @@ func stillTrusted(svid *x509svid.SVID, bundle x509bundle.Source, now time.Time) 
 	return err == nil
 }
 
+// chainsTo reports whether svid chains to root at now.
+func chainsTo(svid *x509svid.SVID, root *x509.Certificate, now time.Time) bool {
+	_, _, err := x509svid.Verify(svid.Certificates, x509bundle.FromX509Authorities(svid.ID.TrustDomain(), []*x509.Certificate{root}), x509svid.WithTime(now))
+	return err == nil
+}
+
 // leafOf returns the leaf of an SVID.
 func leafOf(svid *x509svid.SVID) *x509.Certificate { return svid.Certificates[0] }

@@ -55,29 +55,43 @@ func (m *Manager) maintain(ctx context.Context, client cav1.CertificateServiceCl
 		case <-e.wake:
 		case <-bundleChanged:
 			bundleChanged = m.cfg.Bundle.Changed()
-			if m.needsNewChain(e) {
-				next = time.Time{}
+			if at, ok := m.renewForBundle(e); ok && at.Before(next) {
+				next = at
 			}
 		}
 		stop()
 	}
 }
 
-// needsNewChain reports, after the trust bundle changed, whether e should
-// be fetched at once rather than at its scheduled time: its certificate no
-// longer chains to the new roots (the CA rotated its root and peers will
-// refuse it), or it has none and the last answer may have been refused for
-// a root that is trusted now.
-func (m *Manager) needsNewChain(e *entry) bool {
+// renewForBundle says, after the trust bundle changed, whether e should be
+// fetched before its scheduled time, and when:
+//   - at once when its certificate no longer chains to the roots (the old
+//     root was removed: peers that have the new bundle refuse it), or when
+//     it has none (the last answer may have been refused for a root that is
+//     trusted now);
+//   - within RotationSpread when it chains to a root other than the
+//     bundle's first, which istiod-lite lists first as the root it signs
+//     under: the CA switched its signer, and every certificate must move to
+//     the new root before the old one can be removed. The spread keeps the
+//     nodes' identities from all asking the CA in the same second.
+func (m *Manager) renewForBundle(e *entry) (time.Time, bool) {
+	now := m.clock.Now()
 	cur := e.cert.Load()
 	if cur == nil {
-		return true
+		return now, true
 	}
-	if stillTrusted(cur.svid, m.cfg.Bundle, m.clock.Now()) {
-		return false
+	if !stillTrusted(cur.svid, m.cfg.Bundle, now) {
+		m.log.Info("certificate no longer chains to the trust bundle; renewing", "identity", e.id.String())
+		return now, true
 	}
-	m.log.Info("certificate no longer chains to the trust bundle; renewing", "identity", e.id.String())
-	return true
+	roots := m.cfg.Bundle.Roots()
+	if len(roots) < 2 || chainsTo(cur.svid, roots[0], now) {
+		return time.Time{}, false
+	}
+	at := now.Add(time.Duration(m.jitter() * float64(m.cfg.RotationSpread)))
+	m.log.Info("certificate chains to a root the CA no longer signs under; renewing", "identity", e.id.String(),
+		"root", roots[0].Subject.String(), "renew_at", at)
+	return at, true
 }
 
 // attempt obtains a certificate for e once and returns when to try next:

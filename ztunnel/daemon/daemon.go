@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -55,6 +54,7 @@ type Config struct {
 	RootCert   string
 
 	NetnsDir          string // the node's /var/run/netns, as mounted
+	ProcDir           string // the node's /proc, as mounted
 	CNISocket         string // our socket, as mounted
 	CNISocketHostPath string // the hostPath path of the socket's file
 	CNIBinDir         string // the node's CNI bin dir, as mounted
@@ -77,6 +77,10 @@ type Config struct {
 	HBONELimits  hbone.Limits
 	HBONE        proxy.HBONELimits
 	WriteTimeout time.Duration
+
+	// XDSStaleAfter is how long ztunnel may be without istiod-lite before
+	// readiness and a metric say that its configuration may be stale.
+	XDSStaleAfter time.Duration
 
 	Logger    *slog.Logger
 	AccessLog *slog.Logger
@@ -124,17 +128,21 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("certificates: %w", err)
 	}
 	store := state.NewStore()
-	roots, err := xdsclient.LoadRootCAs(cfg.RootCert)
+	controlPlane, err := telemetry.NewControlPlane(reg, cfg.XDSStaleAfter, log.With("component", "xds"))
 	if err != nil {
 		return err
 	}
+	// The xDS connection, like the CA's, verifies istiod-lite against the
+	// trust bundle as it is at each handshake: a CA root rotation needs no
+	// ztunnel restart.
 	xds, err := xdsclient.New(xdsclient.Config{
-		Address: cfg.XDSAddress, ServerName: cfg.ServerName, RootCAs: roots, TokenFile: cfg.TokenFile,
+		Address: cfg.XDSAddress, ServerName: cfg.ServerName, Roots: bundle, TokenFile: cfg.TokenFile,
 		// Authorizations first: istiod-lite answers in subscription order,
 		// and the proxies decide nothing until both are in (state.Synced).
 		TypeURLs: []string{xdsclient.AuthorizationTypeURL, xdsclient.AddressTypeURL},
 		Registry: xdsclient.WorkloadRegistry(), Handler: storeHandler{store},
 		NodeID:      xdsclient.NodeID(cfg.NodeName, cfg.PodName, cfg.Namespace),
+		Observer:    controlPlane,
 		Logger:      log.With("component", "xds"),
 		DialOptions: []grpc.DialOption{ping},
 	})
@@ -151,9 +159,10 @@ func Run(ctx context.Context, cfg Config) error {
 		IPTables: capture.IPTables{Log: log.With("component", "iptables")},
 		Log:      log.With("component", "enroll"),
 	})
+	finder := enroll.NetnsFinder{ProcDir: cfg.ProcDir, NetnsDir: cfg.NetnsDir, Log: log.With("component", "netns")}
 	agent, err := nodeagent.New(nodeagent.Config{
-		Node: cfg.NodeName, Kube: kube, Capturer: mesh,
-		FindNetns: func(ip netip.Addr) (string, error) { return enroll.FindNetns(cfg.NetnsDir, ip) },
+		Node: cfg.NodeName, Instance: cfg.PodName, Kube: kube, Capturer: mesh,
+		FindNetns: finder.Find,
 		Log:       log.With("component", "nodeagent"),
 	})
 	if err != nil {
@@ -181,6 +190,13 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			if !agent.Synced() {
 				return false, "waiting to list the node's pods"
+			}
+			// Ready all the same: the pods' traffic flows with the last
+			// configuration, and failing the probe would only stop a
+			// rolling update of ztunnel while istiod-lite is away.
+			if stale, since, lastErr := controlPlane.Stale(); stale {
+				return true, fmt.Sprintf("istiod-lite (%s) unreachable since %s (%s); the workloads and policies in use may be stale; last error: %s",
+					cfg.XDSAddress, since.UTC().Format(time.RFC3339), time.Since(since).Round(time.Second), lastErr)
 			}
 			return true, ""
 		},

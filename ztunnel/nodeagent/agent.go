@@ -2,8 +2,9 @@
 // when. Pods reach it two ways: from cairn-cni when their sandbox is made
 // (the netns path comes with the request, and the ADD waits for capture),
 // and from a watch of the node's pods and namespaces, which captures pods
-// that already ran when their namespace was enrolled (their netns is found
-// by their IP) and releases pods that leave the mesh or the node.
+// that already ran when their namespace was enrolled, or before ztunnel
+// started (Config.FindNetns finds their netns by what the pod cannot
+// forge), and releases pods that leave the mesh or the node.
 //
 // What capture means (rules in the pod's netns, listeners, certificates) is
 // the Capturer's business; the agent only keeps the set of captured pods
@@ -52,12 +53,17 @@ type Capturer interface {
 
 // Config configures an Agent.
 type Config struct {
-	Node     string
+	Node string
+	// Instance is ztunnel's pod name, for the Events it records.
+	Instance string
 	Kube     *kubeclient.Client
 	Capturer Capturer
-	// FindNetns returns the path of the network namespace that holds ip,
-	// for pods found running (not announced by cairn-cni).
-	FindNetns func(ip netip.Addr) (string, error)
+	// FindNetns returns the path of a running pod's network namespace, for
+	// pods found by the watch (not announced by cairn-cni). It must find it
+	// by what the pod cannot forge, never by an address the pod holds; a
+	// *RefusedError says it will not name one (the agent records it on the
+	// pod and retries), any other error that it found none yet.
+	FindNetns func(pod Pod) (string, error)
 	// CNIWait bounds how long a CNI ADD waits for the pod to appear in the
 	// agent's watch before it asks the API server. Default 2 s.
 	CNIWait time.Duration
@@ -79,6 +85,8 @@ type Agent struct {
 	mu       sync.Mutex
 	captured map[string]Pod // by namespace/name
 	synced   bool
+
+	refused refusals
 }
 
 var _ cni.Handler = (*Agent)(nil)
@@ -202,6 +210,9 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 	a.mu.Unlock()
 
 	want := exists && a.wanted(pod)
+	if !want {
+		a.refused.forget(key)
+	}
 	switch {
 	case want && captured && have.UID == pod.UID:
 		return nil
@@ -215,12 +226,20 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 		if len(p.IPs) == 0 {
 			return nil // no IP yet: the update that brings one requeues it
 		}
-		netns, err := a.cfg.FindNetns(p.IPs[0])
+		netns, err := a.cfg.FindNetns(p)
+		var refused *RefusedError
+		if errors.As(err, &refused) {
+			a.refuse(ctx, pod, refused)
+		}
 		if err != nil {
-			return fmt.Errorf("finding the network namespace of %s (%s): %w", key, p.IPs[0], err)
+			return fmt.Errorf("finding the network namespace of %s: %w", key, err)
 		}
 		p.Netns = netns
-		return a.capture(ctx, key, p)
+		if err := a.capture(ctx, key, p); err != nil {
+			return err
+		}
+		a.refused.forget(key)
+		return nil
 	case captured:
 		return a.release(ctx, key, have)
 	}

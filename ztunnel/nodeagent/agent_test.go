@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -68,7 +69,16 @@ func eventually(t *testing.T, what string, ok func() bool) {
 	}
 }
 
+// netnsByUID is a FindNetns for tests: every pod's namespace is named
+// after its UID.
+func netnsByUID(p Pod) (string, error) { return "/var/run/netns/of-" + p.UID, nil }
+
 func startAgent(t *testing.T, node string) (*Agent, *fakeCapturer) {
+	t.Helper()
+	return startAgentFinding(t, node, netnsByUID)
+}
+
+func startAgentFinding(t *testing.T, node string, find func(Pod) (string, error)) (*Agent, *fakeCapturer) {
 	t.Helper()
 	env := testenv.Get(t)
 	// The admin kubeconfig, read as ztunnel reads --kubeconfig.
@@ -84,7 +94,7 @@ func startAgent(t *testing.T, node string) (*Agent, *fakeCapturer) {
 	fc := &fakeCapturer{}
 	a, err := New(Config{
 		Node: node, Kube: kube, Capturer: fc, CNIWait: 500 * time.Millisecond,
-		FindNetns: func(ip netip.Addr) (string, error) { return "/var/run/netns/has-" + ip.String(), nil },
+		Instance: "ztunnel-test", FindNetns: find,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +136,7 @@ func runningPod(t *testing.T, ns, name, node, ip string, labels map[string]strin
 }
 
 // TestRunningPodsFollowTheNamespaceLabel: pods that already run are
-// captured when their namespace is enrolled (netns found by IP), without a
+// captured when their namespace is enrolled (netns from FindNetns), without a
 // restart, and released when it is unlabelled; pods of other nodes and
 // pods that opt out are left alone.
 func TestRunningPodsFollowTheNamespaceLabel(t *testing.T) {
@@ -136,7 +146,7 @@ func TestRunningPodsFollowTheNamespaceLabel(t *testing.T) {
 	ns := env.Namespace(t, nil)
 	_, fc := startAgent(t, "node-a")
 
-	runningPod(t, ns, "web", "node-a", "198.18.1.10", nil)
+	web := runningPod(t, ns, "web", "node-a", "198.18.1.10", nil)
 	runningPod(t, ns, "opted-out", "node-a", "198.18.1.11", map[string]string{ambient.DataplaneModeLabel: ambient.DataplaneModeNone})
 	runningPod(t, ns, "elsewhere", "node-b", "198.18.2.10", nil)
 	time.Sleep(200 * time.Millisecond) // a bounded look for a wrong capture, not a timing target
@@ -153,8 +163,8 @@ func TestRunningPodsFollowTheNamespaceLabel(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "web captured after the namespace is enrolled", func() bool { _, ok := fc.has(ns + "/web"); return ok })
-	if p, _ := fc.has(ns + "/web"); p.Netns != "/var/run/netns/has-198.18.1.10" || p.ServiceAccount != "default" {
-		t.Errorf("captured %+v, want the netns holding its IP and the default service account", p)
+	if p, _ := fc.has(ns + "/web"); p.Netns != "/var/run/netns/of-"+string(web.UID) || p.ServiceAccount != "default" {
+		t.Errorf("captured %+v, want the netns FindNetns named and the default service account", p)
 	}
 	if _, ok := fc.has(ns + "/opted-out"); ok {
 		t.Error("a pod labelled dataplane-mode=none was captured")
@@ -227,4 +237,62 @@ func TestCNIAddCapturesBeforeReturning(t *testing.T) {
 	for _, e := range fc.events {
 		t.Log(e)
 	}
+}
+
+// TestRefusedNetnsLeavesPodOutWithAnEvent: while FindNetns refuses to name
+// a running pod's namespace, the pod is not captured, and one Warning
+// Event on the pod says why, however often the agent retries; once the
+// namespace can be told, the pod is captured.
+func TestRefusedNetnsLeavesPodOutWithAnEvent(t *testing.T) {
+	env := testenv.Get(t)
+	kube := env.Client()
+	ctx := context.Background()
+	ns := env.Namespace(t, map[string]string{ambient.DataplaneModeLabel: ambient.DataplaneModeAmbient})
+
+	var mu sync.Mutex
+	refuse, calls := true, 0
+	find := func(p Pod) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if p.Name != "victim" {
+			return netnsByUID(p)
+		}
+		calls++
+		if refuse {
+			return "", &RefusedError{Reason: "NetnsAmbiguous", Message: "the processes of pod " + p.String() + " are in 2 network namespaces"}
+		}
+		return netnsByUID(p)
+	}
+	_, fc := startAgentFinding(t, "node-d", find)
+	victim := runningPod(t, ns, "victim", "node-d", "198.18.4.2", nil)
+
+	eventually(t, "several attempts at the victim", func() bool { mu.Lock(); defer mu.Unlock(); return calls >= 4 })
+	if _, ok := fc.has(ns + "/victim"); ok {
+		t.Fatal("a pod whose namespace was refused was captured")
+	}
+	var events []corev1.Event
+	eventually(t, "a Warning event on the victim", func() bool {
+		list, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=victim"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		events = list.Items
+		return len(events) > 0
+	})
+	mu.Lock()
+	n := calls
+	mu.Unlock()
+	if len(events) != 1 {
+		t.Errorf("%d events after %d refusals, want 1", len(events), n)
+	}
+	e := events[0]
+	if e.Type != corev1.EventTypeWarning || e.Reason != "NetnsAmbiguous" || e.InvolvedObject.UID != victim.UID ||
+		e.Source.Component != "ztunnel" || e.Source.Host != "node-d" || !strings.Contains(e.Message, "2 network namespaces") {
+		t.Errorf("event %+v", e)
+	}
+
+	mu.Lock()
+	refuse = false
+	mu.Unlock()
+	eventually(t, "the victim captured once its namespace is told", func() bool { _, ok := fc.has(ns + "/victim"); return ok })
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/protobuf/proto"
 
 	xdsv1 "github.com/cairnmesh/cairn/apis/xdsclient/v1"
@@ -119,6 +120,9 @@ func (c *Client) Run(ctx context.Context) error {
 
 	bo := &retry.Backoff{Base: c.cfg.BackoffBase, Max: c.cfg.BackoffMax}
 	for {
+		// Taken before the attempt, so that a change of the roots during
+		// it also cuts the wait after it short.
+		changed := c.nextRootsChange()
 		lived, err := c.stream(ctx, conn)
 		if ctx.Err() != nil {
 			c.log.Info("xDS client stopped")
@@ -131,21 +135,75 @@ func (c *Client) Run(ctx context.Context) error {
 		c.log.Warn("xDS stream failed, retrying", "address", c.cfg.Address, "err", err,
 			"connected_for", lived.Round(time.Millisecond), "failures", bo.Failures(), "retry_in", delay.Round(time.Millisecond))
 		c.obs.Retrying(bo.Failures(), delay, err)
-		if !sleep(ctx, delay) {
+		switch sleep(ctx, delay, changed) {
+		case stopped:
 			c.log.Info("xDS client stopped")
 			return nil
+		case rootsChanged:
+			// The failure may have been istiod-lite's certificate from a
+			// root that was not trusted yet: try again now, and let gRPC
+			// dial at once too.
+			c.log.Info("trust bundle changed: reconnecting to the control plane now", "address", c.cfg.Address)
+			awaitReconnect(ctx, conn)
 		}
 	}
 }
 
-// sleep waits for d, or returns false as soon as ctx ends.
-func sleep(ctx context.Context, d time.Duration) bool {
+// awaitReconnect makes gRPC dial again at once, without its back-off, and
+// waits (up to MinConnectTimeout) for that attempt to end: a stream opened
+// before it would fail at once with the previous attempt's error.
+func awaitReconnect(ctx context.Context, conn *grpc.ClientConn) {
+	ctx, cancel := context.WithTimeout(ctx, minConnectTimeout)
+	defer cancel()
+	conn.ResetConnectBackoff()
+	attempted := false
+	for {
+		s := conn.GetState()
+		switch s {
+		case connectivity.Ready, connectivity.Shutdown:
+			return
+		case connectivity.Connecting:
+			attempted = true
+		case connectivity.Idle:
+			conn.Connect()
+		case connectivity.TransientFailure:
+			if attempted {
+				return
+			}
+		}
+		if !conn.WaitForStateChange(ctx, s) {
+			return
+		}
+	}
+}
+
+type wakeReason int
+
+const (
+	slept wakeReason = iota
+	stopped
+	rootsChanged
+)
+
+// nextRootsChange returns the channel closed at the next change of the roots
+// (nil, never closed, for an Insecure client).
+func (c *Client) nextRootsChange() <-chan struct{} {
+	if c.cfg.Roots == nil {
+		return nil
+	}
+	return c.cfg.Roots.Changed()
+}
+
+// sleep waits for d, or less: until ctx ends or changed is closed.
+func sleep(ctx context.Context, d time.Duration, changed <-chan struct{}) wakeReason {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return false
+		return stopped
+	case <-changed:
+		return rootsChanged
 	case <-t.C:
-		return true
+		return slept
 	}
 }

@@ -27,6 +27,16 @@ const (
 	DefaultStableAfter = 30 * time.Second
 )
 
+// Roots is the trust bundle the control plane's certificate must chain to
+// (ztunnel's is certs.Bundle).
+type Roots interface {
+	// Pool returns the current roots; it is called at every handshake.
+	Pool() *x509.CertPool
+	// Changed returns a channel that is closed at the next change of the
+	// roots: a client waiting to reconnect then tries again at once.
+	Changed() <-chan struct{}
+}
+
 // Config configures a Client. New reads it once.
 type Config struct {
 	// Address is the control plane's gRPC target, in grpc.NewClient syntax.
@@ -47,10 +57,11 @@ type Config struct {
 	// NodeMetadata is sent as the Node's metadata, for the same purpose.
 	NodeMetadata map[string]string
 
-	// RootCAs verify the control plane's serving certificate: the mesh root
-	// (ConfigMap cairn-root-cert, key root-cert.pem; see LoadRootCAs).
+	// Roots verify the control plane's serving certificate: the mesh's
+	// trust bundle (ConfigMap cairn-root-cert, key root-cert.pem), read at
+	// every handshake, so that a CA root rotation needs no restart.
 	// Required unless Insecure.
-	RootCAs *x509.CertPool
+	Roots Roots
 	// ServerName is the name the serving certificate must carry. Empty
 	// means DefaultServerName.
 	ServerName string
@@ -64,7 +75,7 @@ type Config struct {
 	// the certificate, or both.
 	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 	// Insecure connects in plaintext without credentials; for tests only.
-	// RootCAs, TokenFile and GetClientCertificate must then be empty.
+	// Roots, TokenFile and GetClientCertificate must then be empty.
 	Insecure bool
 
 	// BackoffBase and BackoffMax bound the waits between reconnection
@@ -135,13 +146,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 
 	if c.Insecure {
-		if c.RootCAs != nil || c.TokenFile != "" || c.GetClientCertificate != nil {
-			return c, errors.New("an Insecure client takes no RootCAs, TokenFile or GetClientCertificate: credentials must not travel in plaintext")
+		if c.Roots != nil || c.TokenFile != "" || c.GetClientCertificate != nil {
+			return c, errors.New("an Insecure client takes no Roots, TokenFile or GetClientCertificate: credentials must not travel in plaintext")
 		}
 		return c, nil
 	}
-	if c.RootCAs == nil {
-		return c, errors.New("no RootCAs to verify the control plane (or set Insecure, in tests)")
+	if c.Roots == nil {
+		return c, errors.New("no Roots to verify the control plane (or set Insecure, in tests)")
 	}
 	if c.TokenFile == "" && c.GetClientCertificate == nil {
 		return c, errors.New("no TokenFile and no GetClientCertificate: the control plane refuses unauthenticated clients")

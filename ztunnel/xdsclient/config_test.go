@@ -3,8 +3,6 @@ package xdsclient
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -18,7 +16,7 @@ func TestNewChecksConfig(t *testing.T) {
 			TypeURLs:  []string{AddressTypeURL, AuthorizationTypeURL},
 			Handler:   h,
 			NodeID:    "n~p.ns",
-			RootCAs:   x509.NewCertPool(),
+			Roots:     newTestRoots(x509.NewCertPool()),
 			TokenFile: "/var/run/secrets/tokens/istio-token",
 		}
 	}
@@ -36,11 +34,11 @@ func TestNewChecksConfig(t *testing.T) {
 		{"no handler", func(c *Config) { c.Handler = nil }, "no Handler"},
 		{"no node", func(c *Config) { c.NodeID = "" }, "no NodeID"},
 		{"max below base", func(c *Config) { c.BackoffBase, c.BackoffMax = 2, 1 }, "back-off"},
-		{"no roots", func(c *Config) { c.RootCAs = nil }, "no RootCAs"},
+		{"no roots", func(c *Config) { c.Roots = nil }, "no Roots"},
 		{"no credentials", func(c *Config) { c.TokenFile = "" }, "unauthenticated"},
-		{"token in plaintext", func(c *Config) { c.RootCAs = nil; c.Insecure = true }, "plaintext"},
+		{"token in plaintext", func(c *Config) { c.Roots = nil; c.Insecure = true }, "plaintext"},
 		{"certificate in plaintext", func(c *Config) {
-			c.RootCAs, c.TokenFile, c.Insecure = nil, "", true
+			c.Roots, c.TokenFile, c.Insecure = nil, "", true
 			c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return nil, nil }
 		}, "plaintext"},
 	}
@@ -117,27 +115,5 @@ func TestRegistry(t *testing.T) {
 	a, b := r[AddressTypeURL](), r[AddressTypeURL]()
 	if a == b {
 		t.Error("the factory returns the same message twice")
-	}
-}
-
-func TestLoadRootCAs(t *testing.T) {
-	dir := t.TempDir()
-	p := newTestPKI(t)
-	good := filepath.Join(dir, "root-cert.pem")
-	if err := os.WriteFile(good, p.rootPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := LoadRootCAs(good); err != nil {
-		t.Errorf("LoadRootCAs: %v", err)
-	}
-	bad := filepath.Join(dir, "bad.pem")
-	if err := os.WriteFile(bad, []byte("not a certificate"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := LoadRootCAs(bad); err == nil {
-		t.Error("LoadRootCAs accepted a file without certificates")
-	}
-	if _, err := LoadRootCAs(filepath.Join(dir, "missing")); err == nil {
-		t.Error("LoadRootCAs accepted a missing file")
 	}
 }

@@ -2,8 +2,6 @@ package xdsclient
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"os"
 	"strings"
@@ -13,6 +11,8 @@ import (
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cairnmesh/cairn/internal/pki"
 )
 
 // NodeID is the node id ztunnel sends:
@@ -22,20 +22,6 @@ import (
 // apart the old and new ztunnel of a node during a rolling update.
 func NodeID(nodeName, podName, podNamespace string) string {
 	return nodeName + "~" + podName + "." + podNamespace
-}
-
-// LoadRootCAs reads a PEM bundle of root certificates, such as root-cert.pem
-// of the cairn-root-cert ConfigMap.
-func LoadRootCAs(path string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading root certificates: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("no PEM certificate in %s", path)
-	}
-	return pool, nil
 }
 
 // tokenFile sends the token in a file as a bearer token. gRPC asks for
@@ -62,6 +48,9 @@ func (t tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]st
 // token is a credential and never travels in plaintext.
 func (tokenFile) RequireTransportSecurity() bool { return true }
 
+// minConnectTimeout bounds one connection attempt (gRPC's default).
+const minConnectTimeout = 20 * time.Second
+
 // dialOptions are the gRPC options of cfg (already checked by withDefaults).
 func dialOptions(cfg Config) []grpc.DialOption {
 	opts := []grpc.DialOption{
@@ -76,18 +65,15 @@ func dialOptions(cfg Config) []grpc.DialOption {
 				Jitter:     0.2,
 				MaxDelay:   cfg.BackoffMax,
 			},
-			MinConnectTimeout: 20 * time.Second, // gRPC's default
+			MinConnectTimeout: minConnectTimeout,
 		}),
 	}
 	if cfg.Insecure {
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	} else {
-		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-			MinVersion:           tls.VersionTLS13,
-			RootCAs:              cfg.RootCAs,
-			ServerName:           cfg.ServerName,
-			GetClientCertificate: cfg.GetClientCertificate,
-		})))
+		tc := pki.ServerClientConfig(cfg.ServerName, cfg.Roots.Pool)
+		tc.GetClientCertificate = cfg.GetClientCertificate
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 		if cfg.TokenFile != "" {
 			opts = append(opts, grpc.WithPerRPCCredentials(tokenFile{path: cfg.TokenFile}))
 		}

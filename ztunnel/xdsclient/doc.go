@@ -39,7 +39,9 @@
 // # Failure
 //
 // Run reconnects forever, with exponential back-off and jitter, until its
-// context ends. The Handler is never cleared: while the control plane is
+// context ends. The control plane's certificate is verified against Roots
+// as they are at each handshake, and a change of the roots ends the wait at
+// once: after a CA root rotation the client reconnects without a restart. The Handler is never cleared: while the control plane is
 // unreachable ztunnel keeps forwarding with the last configuration it
 // accepted, which is safer than forgetting every workload and policy.
 package xdsclient

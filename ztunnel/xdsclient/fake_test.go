@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -212,7 +211,10 @@ func (h *harness) start() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(h.pki.serverTLS())))
+	h.mu.Lock()
+	serving := h.pki
+	h.mu.Unlock()
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(serving.serverTLS())))
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, h.ads)
 	addr := ln.Addr().String()
 	h.addr.Store(&addr)
@@ -233,24 +235,71 @@ func (h *harness) stop() {
 	}
 }
 
+// rotate makes the server present a certificate from a new root of its
+// own from its next start on (istiod-lite restarted after its CA switched
+// to a new root), and returns the old root and the new one.
+func (h *harness) rotate() (old, next *x509.Certificate) {
+	h.t.Helper()
+	p := newTestPKI(h.t)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	old = h.pki.root
+	h.pki = p
+	return old, p.root
+}
+
+// testRoots is a Roots whose pool the test replaces, as a trust bundle
+// file reloaded after the kubelet updated its ConfigMap.
+type testRoots struct {
+	mu      sync.Mutex
+	pool    *x509.CertPool
+	changed chan struct{}
+}
+
+func newTestRoots(pool *x509.CertPool) *testRoots {
+	return &testRoots{pool: pool, changed: make(chan struct{})}
+}
+
+func (r *testRoots) Pool() *x509.CertPool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pool
+}
+
+func (r *testRoots) Changed() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
+}
+
+// set makes roots the trusted roots.
+func (r *testRoots) set(roots ...*x509.Certificate) {
+	pool := x509.NewCertPool()
+	for _, c := range roots {
+		pool.AddCert(c)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pool = pool
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
 // config is a client configuration for the harness: TLS with the test root,
 // a token file holding "token-1", fast back-off.
 func (h *harness) config(handler Handler, obs Observer) Config {
 	dir := h.t.TempDir()
 	token := filepath.Join(dir, "token")
 	writeFile(h.t, token, "token-1\n")
-	rootFile := filepath.Join(dir, "root-cert.pem")
-	writeFile(h.t, rootFile, string(h.pki.rootPEM))
-	roots, err := LoadRootCAs(rootFile)
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	h.mu.Lock()
+	roots := newTestRoots(h.pki.roots)
+	h.mu.Unlock()
 	return Config{
 		Address:     "passthrough:///" + DefaultAddress,
 		TypeURLs:    []string{AddressTypeURL, AuthorizationTypeURL},
 		Handler:     handler,
 		NodeID:      NodeID("node-a", "ztunnel-x", "cairn-system"),
-		RootCAs:     roots,
+		Roots:       roots,
 		TokenFile:   token,
 		BackoffBase: time.Millisecond,
 		BackoffMax:  20 * time.Millisecond,
@@ -302,10 +351,10 @@ func run(t *testing.T, c *Client) (stop func()) {
 // testPKI is a root with a serving certificate for the control plane's name
 // and a client certificate with ztunnel's SPIFFE ID.
 type testPKI struct {
-	rootPEM []byte
-	roots   *x509.CertPool
-	server  tls.Certificate
-	client  tls.Certificate
+	root   *x509.Certificate
+	roots  *x509.CertPool
+	server tls.Certificate
+	client tls.Certificate
 }
 
 func newTestPKI(t *testing.T) *testPKI {
@@ -349,10 +398,10 @@ func newTestPKI(t *testing.T) *testPKI {
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
 	return &testPKI{
-		rootPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootDER}),
-		roots:   pool,
-		server:  leaf(2, &x509.Certificate{DNSNames: []string{DefaultServerName}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}),
-		client:  leaf(3, &x509.Certificate{URIs: []*url.URL{spiffeID}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}),
+		root:   root,
+		roots:  pool,
+		server: leaf(2, &x509.Certificate{DNSNames: []string{DefaultServerName}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}),
+		client: leaf(3, &x509.Certificate{URIs: []*url.URL{spiffeID}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}),
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,7 +91,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.setBundle(roots)
+	c.setBundle(signingFirst(caObj, roots))
 
 	sel, _ := labels.Parse(EnrolledLabel)
 	nsFactory := informers.NewSharedInformerFactoryWithOptions(c.Client, 0,
@@ -192,9 +193,15 @@ func (c *Controller) Run(ctx context.Context) error {
 			continue
 		}
 		before := c.Bundle()
-		c.setBundle(newRoots)
+		c.setBundle(signingFirst(newCA, newRoots))
 		if newCA.Cert.Equal(signing) && c.Bundle() == before {
 			continue
+		}
+		if !strings.Contains(before, string(pki.EncodeCertPEM(newCA.Root()))) {
+			c.Logger.Warn("the new signing certificate chains to a root that was not in the trust bundle: "+
+				"proxies that have not received the new bundle yet refuse certificates from it. "+
+				"Add the new root to "+SecretBundle+" first, wait until every node has it, then switch the signer",
+				"root", newCA.Root().Subject.String())
 		}
 		if err := c.publishAll(ctx); err != nil {
 			return err
@@ -203,6 +210,28 @@ func (c *Controller) Run(ctx context.Context) error {
 		signing = newCA.Cert
 		c.Logger.Info("CA secret changed: bundle published, new CA signing", "roots", len(newRoots), "signing", newCA.Cert.Subject.String())
 	}
+}
+
+// signingFirst orders the roots to publish: the root the CA signs under
+// first, then the others as the Secret lists them. Proxies read the first
+// root as the one new certificates come from: when a switch of the signer
+// brings another root first, they renew the certificates they hold from
+// the old root (see ztunnel/certs), so that the old root can be removed
+// from the bundle without any peer holding a certificate the others refuse.
+func signingFirst(ca *pki.CA, roots []*x509.Certificate) []*x509.Certificate {
+	root := ca.Root()
+	out := make([]*x509.Certificate, 0, len(roots))
+	for _, r := range roots {
+		if r.Equal(root) {
+			out = append(out, r)
+		}
+	}
+	for _, r := range roots {
+		if !r.Equal(root) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func (c *Controller) setBundle(roots []*x509.Certificate) {

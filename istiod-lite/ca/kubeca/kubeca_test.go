@@ -421,40 +421,66 @@ func TestRootSecretAndBundle(t *testing.T) {
 		t.Errorf("secret changed on restart: %v", err)
 	}
 
-	// Rotation: add a new root to ca.crt and sign with it. The bundle holds
-	// both roots before the new one signs, so old and new certificates verify.
+	// Rotation in three steps, with a restart of the controller (istiod-lite)
+	// after each. The root the CA signs under is always listed first: that
+	// is how proxies learn that the signer switched.
 	oldCA, _, err := LoadSecret(again)
 	if err != nil {
 		t.Fatal(err)
 	}
 	newRoot, _ := pki.NewRoot(td, 0)
 	keyPEM, _ := pki.EncodeKeyPEM(newRoot.Key)
-	again.Data[SecretCert] = pki.EncodeCertPEM(newRoot.Cert)
-	again.Data[SecretKey] = keyPEM
-	again.Data[SecretBundle] = pki.EncodeCertsPEM(oldCA.Cert, newRoot.Cert)
-	if _, err := client.CoreV1().Secrets(caNS).Update(ctx, again, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	both := string(pki.EncodeCertsPEM(oldCA.Cert, newRoot.Cert))
-	eventually(t, "both roots published", func() bool { return bundleIn(enrolled) == both && bundleIn(plain) == both })
-
 	newServiceAccount(t, client, enrolled, "web")
 	tok := token(t, client, enrolled, "web", DefaultAudience, nil)
-	var resp *cav1.CreateCertificateResponse
-	eventually(t, "certificates from the new root", func() bool {
-		resp, err = f.call(tok, csrFor(t, td, enrolled, "web"))
-		return err == nil && chainOf(t, resp)[1].Equal(newRoot.Cert)
-	})
-	roots, _ := pki.ParseCertsPEM([]byte(bundleIn(enrolled)))
-	bundle, _ := pki.NewBundle(td, roots)
-	if _, _, err := x509svid.Verify(chainOf(t, resp), bundle); err != nil {
-		t.Errorf("new certificate does not verify with the rotated bundle: %v", err)
+	update := func(mutate func(*corev1.Secret)) {
+		t.Helper()
+		s, err := client.CoreV1().Secrets(caNS).Get(ctx, DefaultSecretName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mutate(s)
+		if _, err := client.CoreV1().Secrets(caNS).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
+	step := func(what string, published []*x509.Certificate, signer *x509.Certificate) {
+		t.Helper()
+		want := string(pki.EncodeCertsPEM(published...))
+		eventually(t, what+": bundle published", func() bool { return bundleIn(enrolled) == want && bundleIn(plain) == want })
+		f.stop(t)
+		f.startRoot(t)
+		eventually(t, what+": restarted controller ready", f.ctrl.Ready)
+		if got := f.ctrl.Bundle(); got != want {
+			t.Fatalf("%s: after a restart the bundle is\n%s\nwant\n%s", what, got, want)
+		}
+		var resp *cav1.CreateCertificateResponse
+		eventually(t, what+": certificates from the signer", func() bool {
+			resp, err = f.call(tok, csrFor(t, td, enrolled, "web"))
+			return err == nil && chainOf(t, resp)[1].Equal(signer)
+		})
+		bundle, _ := pki.NewBundle(td, published)
+		if _, _, err := x509svid.Verify(chainOf(t, resp), bundle); err != nil {
+			t.Errorf("%s: a new certificate does not verify with the bundle: %v", what, err)
+		}
+	}
+
+	// 1. Add the new root; the old one still signs.
+	update(func(s *corev1.Secret) { s.Data[SecretBundle] = pki.EncodeCertsPEM(newRoot.Cert, oldCA.Cert) })
+	step("root added", []*x509.Certificate{oldCA.Cert, newRoot.Cert}, oldCA.Cert)
+	// 2. Switch the signer: the new root comes first.
+	update(func(s *corev1.Secret) {
+		s.Data[SecretCert], s.Data[SecretKey] = pki.EncodeCertPEM(newRoot.Cert), keyPEM
+	})
+	step("signer switched", []*x509.Certificate{newRoot.Cert, oldCA.Cert}, newRoot.Cert)
 	key, _ := pki.GenerateKey()
 	oldLeaf, _ := oldCA.Sign(key.Public(), spiffe.Identity{TrustDomain: td, Namespace: enrolled, ServiceAccount: "web"}, pki.LeafOptions{})
-	if _, _, err := x509svid.Verify([]*x509.Certificate{oldLeaf, oldCA.Cert}, bundle); err != nil {
-		t.Errorf("certificate of the old root no longer verifies: %v", err)
+	both, _ := pki.NewBundle(td, []*x509.Certificate{newRoot.Cert, oldCA.Cert})
+	if _, _, err := x509svid.Verify([]*x509.Certificate{oldLeaf, oldCA.Cert}, both); err != nil {
+		t.Errorf("a certificate of the old root no longer verifies before the old root is removed: %v", err)
 	}
+	// 3. Remove the old root.
+	update(func(s *corev1.Secret) { s.Data[SecretBundle] = pki.EncodeCertPEM(newRoot.Cert) })
+	step("old root removed", []*x509.Certificate{newRoot.Cert}, newRoot.Cert)
 }
 
 func TestUserCA(t *testing.T) {

@@ -103,6 +103,7 @@ ztunnel_hbone_limit_in_use, _max and _refused_total show them.`,
 	f.StringVar(&cfg.TokenFile, "token-file", "/var/run/secrets/tokens/istio-token", "projected ServiceAccount token (audience istio-ca) for xDS and the CA")
 	f.StringVar(&cfg.RootCert, "root-cert", "/var/run/secrets/istio/root-cert.pem", "the mesh's trust bundle (ConfigMap cairn-root-cert)")
 	f.StringVar(&cfg.NetnsDir, "netns-dir", "/var/run/netns", "where the node's pod network namespaces are mounted")
+	f.StringVar(&cfg.ProcDir, "proc-dir", "/host/proc", "the node's /proc, as mounted: a running pod's network namespace is found through its processes' cgroup (needs CAP_SYS_PTRACE)")
 	f.StringVar(&cfg.CNISocket, "cni-socket", "/var/run/cairn/cni.sock", "socket cairn-cni calls, as ztunnel sees it")
 	f.StringVar(&cfg.CNISocketHostPath, "cni-socket-host-path", "/var/run/cairn/cni.sock", "the same socket's path on the node (its hostPath volume path)")
 	f.StringVar(&cfg.CNIBinDir, "cni-bin-dir", "/host/opt/cni/bin", "the node's CNI plugin directory, as mounted")
@@ -113,6 +114,7 @@ ztunnel_hbone_limit_in_use, _max and _refused_total show them.`,
 	f.StringVar(&cfg.ReadinessAddress, "readiness-address", ":15021", "readiness server (/healthz/ready)")
 	f.DurationVar(&cfg.DrainHandover, "drain-handover", 3*time.Second, "after SIGTERM, how long the pods' listeners stay open for a new ztunnel to take over")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 20*time.Second, "after the handover, how long open connections may take to finish")
+	f.DurationVar(&cfg.XDSStaleAfter, "xds-stale-after", telemetry.DefaultStaleAfter, "after this long without istiod-lite, readiness (still 200) and the metric cairn_ztunnel_xds_stale say that the workloads and policies in use may be stale")
 	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 
 	cfg.HBONELimits = hbone.DefaultLimits()
