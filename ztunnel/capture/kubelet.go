@@ -15,6 +15,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// DefaultKubeletPort is the kubelet's API port unless its Node says
+// otherwise (status.daemonEndpoints.kubeletEndpoint.Port).
+const DefaultKubeletPort = 10250
+
 // KubeletCgroup finds the kubelet's cgroup (v2) by the socket that
 // listens on the kubelet's port (the Node's
 // status.daemonEndpoints.kubeletEndpoint.Port, 10250 by default) in the

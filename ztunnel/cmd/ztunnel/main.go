@@ -8,8 +8,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -17,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cairnmesh/cairn/internal/version"
+	"github.com/cairnmesh/cairn/ztunnel/capture"
 	"github.com/cairnmesh/cairn/ztunnel/daemon"
 	"github.com/cairnmesh/cairn/ztunnel/telemetry"
 )
@@ -96,11 +100,48 @@ On SIGTERM it reports not ready, keeps the pods' listeners open for
 	f.StringVar(&cfg.AdminAddress, "admin-address", "127.0.0.1:15000", "admin server (/config_dump, /debug/connections, /debug/pprof/)")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", ":15020", "Prometheus metrics server")
 	f.StringVar(&cfg.ReadinessAddress, "readiness-address", ":15021", "readiness server (/healthz/ready)")
+	cfg.ProbeSources = slices.Clone(capture.DefaultProbeSources)
+	f.Var(&addrList{&cfg.ProbeSources}, "probe-sources",
+		"the addresses, one per family, that the node gives the kubelet's probes of enrolled pods; the pods let TCP from them through uncaptured, and nothing else from the node")
+	f.StringVar(&cfg.KubeletCgroup, "kubelet-cgroup", "auto",
+		`how to tell the kubelet's probes apart: "auto" (the cgroup v2 of the socket on the Node's kubelet port), "none" (capture them like any plaintext), or the kubelet's cgroup v2 path (e.g. /system.slice/kubelet.service)`)
 	f.DurationVar(&cfg.DrainHandover, "drain-handover", 3*time.Second, "after SIGTERM, how long the pods' listeners stay open for a new ztunnel to take over")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 20*time.Second, "after the handover, how long open connections may take to finish")
 	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	return cmd
 }
+
+// addrList is a flag of comma-separated IP addresses.
+type addrList struct{ dst *[]netip.Addr }
+
+func (a *addrList) String() string {
+	if a.dst == nil {
+		return ""
+	}
+	parts := make([]string, len(*a.dst))
+	for i, ip := range *a.dst {
+		parts[i] = ip.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func (a *addrList) Set(s string) error {
+	var out []netip.Addr
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(part)
+		if err != nil {
+			return err
+		}
+		out = append(out, ip)
+	}
+	*a.dst = out
+	return nil
+}
+
+func (a *addrList) Type() string { return "addresses" }
 
 func envOr(key, fallback string) string {
 	if v := os.Getenv(key); v != "" {
