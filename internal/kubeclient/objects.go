@@ -64,10 +64,14 @@ type Namespace struct {
 }
 
 // Node is the part of a core/v1 Node that ztunnel reads: its annotations,
-// and the port its kubelet listens on.
+// its addresses and the port its kubelet listens on.
 type Node struct {
 	ObjectMeta `json:"metadata"`
 	Status     struct {
+		Addresses []struct {
+			Type    string `json:"type"`
+			Address string `json:"address"`
+		} `json:"addresses,omitempty"`
 		DaemonEndpoints struct {
 			KubeletEndpoint struct {
 				Port int32 `json:"Port"`

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -37,8 +38,13 @@ const DefaultKubeletPort = 10250
 // It needs the node's cgroup hierarchy in view: with a private cgroup
 // namespace (a container on a cgroup v2 node that is not privileged), the
 // kubelet's cgroup is outside it, and KubeletCgroup says so.
-func KubeletCgroup(port uint16) (string, error) {
-	id, err := listenerCgroupID(port)
+//
+// addrs are the node's own addresses (its Node's status.addresses): when
+// the kubelet binds one of them rather than the wildcard, a host-network
+// process may listen on the same port on another address, and only
+// sockets on the wildcard or on addrs count.
+func KubeletCgroup(port uint16, addrs ...netip.Addr) (string, error) {
+	id, err := listenerCgroupID(port, addrs)
 	if err != nil {
 		return "", err
 	}
@@ -49,9 +55,9 @@ func KubeletCgroup(port uint16) (string, error) {
 // on port in the calling thread's network namespace, through sock_diag.
 // Sockets bound to the wildcard address win over ones bound to a single
 // address (which a host-network process can bind next to the kubelet's
-// if the kubelet binds only one); sockets of different cgroups left are
-// an error.
-func listenerCgroupID(port uint16) (uint64, error) {
+// if the kubelet binds only one); of those, only ones on addrs count if
+// addrs are given. Sockets of different cgroups left are an error.
+func listenerCgroupID(port uint16, addrs []netip.Addr) (uint64, error) {
 	type listener struct {
 		wildcard bool
 		cgroup   uint64
@@ -63,9 +69,10 @@ func listenerCgroupID(port uint16) (uint64, error) {
 			return 0, err
 		}
 		for _, s := range socks {
-			if s.port == port {
-				found = append(found, listener{wildcard: s.wildcard, cgroup: s.cgroup})
+			if s.port != port || (!s.wildcard && len(addrs) > 0 && !slices.Contains(addrs, s.addr)) {
+				continue
 			}
+			found = append(found, listener{wildcard: s.wildcard, cgroup: s.cgroup})
 		}
 	}
 	if slices.ContainsFunc(found, func(l listener) bool { return l.wildcard }) {
@@ -86,6 +93,7 @@ func listenerCgroupID(port uint16) (uint64, error) {
 }
 
 type diagSocket struct {
+	addr     netip.Addr
 	port     uint16
 	wildcard bool
 	cgroup   uint64
@@ -170,6 +178,9 @@ func parseDiagMsg(b []byte) (diagSocket, bool) {
 		src = src[:4]
 	}
 	s.wildcard = !slices.ContainsFunc(src, func(c byte) bool { return c != 0 })
+	if a, ok := netip.AddrFromSlice(src); ok {
+		s.addr = a.Unmap()
+	}
 	for attrs := b[inetDiagMsgSize:]; len(attrs) >= 4; {
 		l := int(binary.NativeEndian.Uint16(attrs[0:]))
 		typ := binary.NativeEndian.Uint16(attrs[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)

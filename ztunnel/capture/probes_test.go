@@ -37,13 +37,13 @@ func TestMain(m *testing.M) {
 
 // helper runs one helper role:
 //
-//	listen <port>   listens on the port, says "ready", waits for stdin to close
+//	listen <addr>   listens on addr (host:port), says "ready", waits for stdin to close
 //	dial <dst>      connects, says "ok <local address>" or "err ...", and closes
 func helper(mode string) int {
 	role, arg, _ := strings.Cut(mode, " ")
 	switch role {
 	case "listen":
-		ln, err := net.Listen("tcp", ":"+arg)
+		ln, err := net.Listen("tcp", arg)
 		if err != nil {
 			fmt.Println("err", err)
 			return 1
@@ -156,11 +156,11 @@ func dialIn(t *testing.T, ns *netnstest.NS, dir, dst string) string {
 	return strings.TrimSpace(line)
 }
 
-// listenIn starts a helper that listens on port in cgroup dir and ns,
+// listenIn starts a helper that listens on addr in cgroup dir and ns,
 // until the test ends.
-func listenIn(t *testing.T, ns *netnstest.NS, dir string, port int) {
+func listenIn(t *testing.T, ns *netnstest.NS, dir string, addr string) {
 	t.Helper()
-	_, out, _ := startIn(t, ns, dir, "listen "+itoa(port))
+	_, out, _ := startIn(t, ns, dir, "listen "+addr)
 	if line, err := out.ReadString('\n'); strings.TrimSpace(line) != "ready" {
 		t.Fatalf("listening helper: %q, %v", line, err)
 	}
@@ -185,7 +185,7 @@ func newProbesLab(t *testing.T) *probesLab {
 	l := newLab(t)
 	_, dir := testCgroup(t, "kubelet", "hostpod")
 	pl := &probesLab{lab: l, kubelet: filepath.Join(dir, "kubelet"), hostPod: filepath.Join(dir, "hostpod")}
-	listenIn(t, l.node, pl.kubelet, kubeletPort)
+	listenIn(t, l.node, pl.kubelet, ":"+itoa(kubeletPort))
 	pl.probes = &Probes{Netns: l.node.Handle, IPTables: l.ipt, Sources: DefaultProbeSources, Log: testLogger(t),
 		KubeletCgroup: func() (string, error) { return KubeletCgroup(kubeletPort) }}
 	t.Cleanup(func() {
@@ -339,7 +339,7 @@ func TestKubeletCgroup(t *testing.T) {
 	t.Parallel()
 	netnstest.Require(t)
 	ns := netnstest.New(t, "cairn-cap-kubelet")
-	path, dir := testCgroup(t, "kubelet", "parent", "parent/child")
+	path, dir := testCgroup(t, "kubelet", "impostor", "parent", "parent/child")
 	find := func() (string, error) {
 		var p string
 		err := ns.Handle.Do(func() error {
@@ -352,16 +352,38 @@ func TestKubeletCgroup(t *testing.T) {
 	if _, err := find(); err == nil || !strings.Contains(err.Error(), "no socket listens") {
 		t.Errorf("with no kubelet: %v, want no socket listens", err)
 	}
-	listenIn(t, ns, filepath.Join(dir, "kubelet"), kubeletPort)
+	listenIn(t, ns, filepath.Join(dir, "kubelet"), ":"+itoa(kubeletPort))
 	if got, err := find(); err != nil || got != path+"/kubelet" {
 		t.Errorf("KubeletCgroup = %q, %v; want %q", got, err, path+"/kubelet")
 	}
 
-	other := netnstest.New(t, "cairn-cap-kubelet")
-	listenIn(t, other, filepath.Join(dir, "parent"), kubeletPort)
-	if err := other.Handle.Do(func() error { _, err := KubeletCgroup(kubeletPort); return err }); err == nil ||
+	// A kubelet in a cgroup with children is refused: the match would
+	// cover them too.
+	parent := netnstest.New(t, "cairn-cap-kubelet")
+	listenIn(t, parent, filepath.Join(dir, "parent"), ":"+itoa(kubeletPort))
+	if err := parent.Handle.Do(func() error { _, err := KubeletCgroup(kubeletPort); return err }); err == nil ||
 		!strings.Contains(err.Error(), "child cgroups") {
 		t.Errorf("a kubelet in a cgroup with children: %v, want an error about child cgroups", err)
+	}
+
+	// A kubelet bound to the node's address only, and a host-network
+	// process on the same port on another address: ambiguous, unless the
+	// node's addresses are known.
+	node := netnstest.New(t, "cairn-cap-kubelet")
+	nodeIP := netip.MustParseAddr("198.18.252.1")
+	netnstest.Run(t, "ip", "-n", node.Name, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+	netnstest.Run(t, "ip", "-n", node.Name, "addr", "add", nodeIP.String()+"/32", "dev", "d0")
+	netnstest.Run(t, "ip", "-n", node.Name, "link", "set", "d0", "up")
+	listenIn(t, node, filepath.Join(dir, "kubelet"), hostPort(nodeIP, kubeletPort))
+	listenIn(t, node, filepath.Join(dir, "impostor"), hostPort(netip.MustParseAddr("127.0.0.1"), kubeletPort))
+	var got string
+	err := node.Handle.Do(func() error { _, err := KubeletCgroup(kubeletPort); return err })
+	if err == nil || !strings.Contains(err.Error(), "different cgroups") {
+		t.Errorf("two listeners of different cgroups: %v, want an error", err)
+	}
+	err = node.Handle.Do(func() error { got, err = KubeletCgroup(kubeletPort, nodeIP); return err })
+	if err != nil || got != path+"/kubelet" {
+		t.Errorf("KubeletCgroup with the node's address = %q, %v; want %q", got, err, path+"/kubelet")
 	}
 }
 

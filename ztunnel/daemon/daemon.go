@@ -289,10 +289,16 @@ func nodeProbes(ctx context.Context, cfg Config, node *kubeclient.Node, log *slo
 	if p := node.Status.DaemonEndpoints.KubeletEndpoint.Port; p > 0 && p < 65536 {
 		port = uint16(p)
 	}
+	var addrs []netip.Addr
+	for _, a := range node.Status.Addresses {
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			addrs = append(addrs, ip)
+		}
+	}
 	var find func() (string, error)
 	switch cfg.KubeletCgroup {
 	case "", "auto":
-		find = func() (string, error) { return capture.KubeletCgroup(port) }
+		find = func() (string, error) { return capture.KubeletCgroup(port, addrs...) }
 	case "none":
 		log.Warn("--kubelet-cgroup=none: the kubelet's probes of enrolled pods are captured like any other plaintext client")
 		find = func() (string, error) { return "", nil }
