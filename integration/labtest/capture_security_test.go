@@ -150,20 +150,63 @@ spec:
 		}
 	}
 
-	// Probes every second for 15 seconds: one failed liveness probe
-	// restarts a container, one failed readiness probe unreadies a pod.
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		for name := range probed {
-			p, err := client.CoreV1().Pods(ns).Get(testContext(t), name, metav1.GetOptions{})
-			if err != nil {
-				t.Fatal(err)
+	// The probes run every second: one failed liveness probe restarts a
+	// container, one failed readiness probe unreadies a pod. Watch them
+	// for a while, through a rolling restart of every ztunnel (the new
+	// one writes the node's rules again and the old one leaves them), and
+	// for a while after.
+	watch := func(until func() bool) {
+		t.Helper()
+		for !until() {
+			for name := range probed {
+				p, err := client.CoreV1().Pods(ns).Get(testContext(t), name, metav1.GetOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !podReady(p) || p.Status.ContainerStatuses[0].RestartCount > 0 {
+					t.Fatalf("%s: a probe failed: %s", name, podSummary(p))
+				}
 			}
-			if !podReady(p) || p.Status.ContainerStatuses[0].RestartCount > 0 {
-				t.Fatalf("%s: a probe failed: %s", name, podSummary(p))
-			}
+			time.Sleep(time.Second)
 		}
-		time.Sleep(time.Second)
+	}
+	after := func(d time.Duration) func() bool {
+		end := time.Now().Add(d)
+		return func() bool { return time.Now().After(end) }
+	}
+	watch(after(10 * time.Second))
+	ctx := testContext(t)
+	if _, err := kubectl(ctx, "-n", "cairn-system", "rollout", "restart", "daemonset/ztunnel"); err != nil {
+		t.Fatal(err)
+	}
+	rolled := make(chan error, 1)
+	go func() {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		out, err := kubectl(rctx, "-n", "cairn-system", "rollout", "status", "daemonset/ztunnel", "--timeout=2m")
+		if err != nil {
+			err = fmt.Errorf("%w\n%s", err, out)
+		}
+		rolled <- err
+	}()
+	var rollErr error
+	watch(func() bool {
+		select {
+		case rollErr = <-rolled:
+			return true
+		default:
+			return false
+		}
+	})
+	if rollErr != nil {
+		t.Fatalf("rolling restart: %v", rollErr)
+	}
+	watch(after(15 * time.Second))
+	if _, err := httpGetEcho(nodePort); err == nil {
+		t.Error("NodePort request after the rolling restart: answered")
+	}
+	if err := hostnet(); err == nil {
+		t.Error("host-network pod after the rolling restart: answered")
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/cairnmesh/cairn/internal/netns/netnstest"
@@ -100,7 +102,7 @@ func removeCgroup(t *testing.T, dir string) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		err := unix.Rmdir(dir)
-		if err == nil || !errorsIsBusy(err) || time.Now().After(deadline) {
+		if err == nil || !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
 			if err != nil {
 				t.Errorf("removing cgroup %s: %v", dir, err)
 			}
@@ -109,8 +111,6 @@ func removeCgroup(t *testing.T, dir string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
-func errorsIsBusy(err error) bool { return err == unix.EBUSY }
 
 // startIn starts the test binary as a helper in cgroup dir and network
 // namespace ns, and returns its standard output.
@@ -290,6 +290,39 @@ func TestKubeletProbesAndNothingElse(t *testing.T) {
 			t.Errorf("the flushed chain was not repaired:\n%s\nwant:\n%s", after, before)
 		}
 	})
+
+	t.Run("Remove takes the rules and the sets out", func(t *testing.T) {
+		if err := pl.probes.Remove(testContext(t)); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range AllFamilies {
+			if s := savedIn(t, pl.ipt, pl.node, f); len(s.Chains()) != 0 || len(s.Jumps()) != 0 {
+				t.Errorf("%v after Remove: chains %v, jumps %v", f, s.Chains(), s.Jumps())
+			}
+		}
+		if err := pl.node.Handle.Do(func() error {
+			for _, f := range AllFamilies {
+				if _, err := netlink.IpsetList(ProbeSetName(f)); !errors.Is(err, unix.ENOENT) {
+					return fmt.Errorf("ipset %s after Remove: %v", ProbeSetName(f), err)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+		if err := pl.probes.Remove(testContext(t)); err != nil {
+			t.Errorf("second Remove: %v", err)
+		}
+	})
+}
+
+func savedIn(t *testing.T, ipt *IPTables, ns *netnstest.NS, f Family) Saved {
+	t.Helper()
+	s, err := ipt.Saved(testContext(t), ns.Handle, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // TestProbeSourceForgedByAPodIsDropped: a pod with CAP_NET_RAW forges the
