@@ -48,9 +48,11 @@ spec: {}
 
 // probedPods are two echo pods on node 1 whose readiness and liveness
 // probes cover HTTP and TCP (each pod has one of each), probing every
-// second and restarting the container on the first failed liveness probe,
-// and a NodePort Service in front of the first (externalTrafficPolicy
-// Cluster: kube-proxy masquerades to the node's address).
+// second: a failed readiness probe unreadies the pod, three failed
+// liveness probes in a row restart the container (one would restart it
+// before the server listens). And a NodePort Service in front of the
+// first (externalTrafficPolicy Cluster: kube-proxy masquerades to the
+// node's address).
 func probedPods(node string) string {
 	pod := func(name, readiness, liveness string) string {
 		return fmt.Sprintf(`
@@ -65,7 +67,7 @@ spec:
     image: cairn/echoserver:latest
     ports: [{name: http, containerPort: 8080}]
     readinessProbe: {%s, periodSeconds: 1, failureThreshold: 1}
-    livenessProbe: {%s, periodSeconds: 1, failureThreshold: 1}
+    livenessProbe: {%s, periodSeconds: 1, failureThreshold: 3}
 ---`, name, name, node, readiness, liveness)
 	}
 	return pod("probed-http", "httpGet: {path: /, port: 8080}", "tcpSocket: {port: 8080}") +
@@ -135,8 +137,8 @@ spec:
 	eventually(t, 30*time.Second, "the host-network pod reaches the app", hostnet)
 
 	apply(t, ns, lockedDown)
-	eventually(t, 30*time.Second, "the policy refuses the host-network pod", func() error {
-		if hostnet() == nil {
+	eventually(t, 30*time.Second, "STRICT refuses plaintext by pod IP", func() error {
+		if _, err := httpGetEcho(target); err == nil {
 			return errors.New("still answered")
 		}
 		return nil
@@ -150,8 +152,8 @@ spec:
 		}
 	}
 
-	// The probes run every second: one failed liveness probe restarts a
-	// container, one failed readiness probe unreadies a pod. Watch them
+	// The probes run every second: three failed liveness probes restart
+	// a container, one failed readiness probe unreadies a pod. Watch them
 	// for a while, through a rolling restart of every ztunnel (the new
 	// one writes the node's rules again and the old one leaves them), and
 	// for a while after.
@@ -298,15 +300,23 @@ func TestCapturePlaintextSeesTheClient(t *testing.T) {
 	app := netip.AddrPortFrom(netip.MustParseAddr(echo.Status.PodIP), 8080)
 	bridge := cfg.BridgeAddr().Addr()
 
-	first, err := newKeepAlive(netip.AddrPortFrom(bridge, 0), app)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// ztunnel refuses connections to a pod whose configuration it does
+	// not have yet: wait for it.
+	var first *keepAlive
+	var r echoReply
+	eventually(t, 30*time.Second, "a plaintext request reaches the app", func() error {
+		k, err := newKeepAlive(netip.AddrPortFrom(bridge, 0), app)
+		if err != nil {
+			return err
+		}
+		if r, err = k.get(); err != nil {
+			k.Close()
+			return err
+		}
+		first = k
+		return nil
+	})
 	defer first.Close()
-	r, err := first.get()
-	if err != nil {
-		t.Fatalf("plaintext request: %v", err)
-	}
 	if host, _, _ := net.SplitHostPort(r.RemoteAddr); host != bridge.String() {
 		t.Fatalf("the app saw the plaintext client as %s, want the client's %s", r.RemoteAddr, bridge)
 	}
