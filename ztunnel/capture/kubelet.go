@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -204,8 +205,21 @@ func cgroupPath(id uint64) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// The kubelet stays in one cgroup: look where it was last time
+	// before walking the node's whole hierarchy again.
 	var found string
+	lastFound.Lock()
+	if last := lastFound.dir; last != "" && strings.HasPrefix(last, mount+"/") {
+		var st unix.Stat_t
+		if unix.Stat(last, &st) == nil && st.Ino == id {
+			found = last
+		}
+	}
+	lastFound.Unlock()
 	walkErr := filepath.WalkDir(mount, func(path string, d fs.DirEntry, err error) error {
+		if found != "" {
+			return fs.SkipAll
+		}
 		if err != nil || !d.IsDir() {
 			return nil // a cgroup that went meanwhile
 		}
@@ -223,6 +237,9 @@ func cgroupPath(id uint64) (string, error) {
 		return "", fmt.Errorf("cgroup %d is not under %s: outside this process's cgroup namespace "+
 			"(on a cgroup v2 node only a privileged container shares the node's)", id, mount)
 	}
+	lastFound.Lock()
+	lastFound.dir = found
+	lastFound.Unlock()
 	rel, err := filepath.Rel(mount, found)
 	if err != nil {
 		return "", err
@@ -245,6 +262,12 @@ func cgroupPath(id uint64) (string, error) {
 		}
 	}
 	return path, nil
+}
+
+// lastFound is the directory cgroupPath found last.
+var lastFound struct {
+	sync.Mutex
+	dir string
 }
 
 // cgroup2Mount finds the cgroup v2 hierarchy in /proc/self/mountinfo: its

@@ -45,21 +45,35 @@ type Probes struct {
 	KubeletCgroup func() (string, error)
 	Log           *slog.Logger
 
-	mu      sync.Mutex // one Reconcile or Remove at a time
-	applied NodeOptions
-	done    bool   // applied is in the namespace
-	lastErr string // the last failure to find the kubelet, logged once
+	mu       sync.Mutex // one Reconcile or Remove at a time
+	applied  NodeOptions
+	done     bool      // applied is in the namespace
+	verified time.Time // when the namespace was last seen to hold applied
+	lastErr  string    // the last failure to find the kubelet, logged once
 }
 
+// probeVerifyInterval is how often Run reads the node's rules back to
+// repair them (two iptables-save runs per family, tens of milliseconds);
+// finding the kubelet's cgroup, on every tick, costs a millisecond or two.
+const probeVerifyInterval = time.Minute
+
 // Run reconciles every interval until ctx ends: it follows the kubelet
-// into a new cgroup (a restart under systemd makes a new one) and repairs
-// rules someone else deleted. Failures are logged, not returned.
+// into a new cgroup (a restart under systemd makes a new one) at once,
+// and repairs rules someone else deleted within a minute. Failures are
+// logged (once until they change), not returned.
 func (p *Probes) Run(ctx context.Context, interval time.Duration) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	last := ""
 	for {
-		if err := p.Reconcile(ctx); err != nil && ctx.Err() == nil {
-			p.log().Warn("probe rules on the node", "err", err)
+		err := p.reconcile(ctx, false)
+		switch {
+		case err != nil && ctx.Err() == nil && err.Error() != last:
+			p.log().Warn("probe rules on the node; trying again", "err", err, "every", interval)
+			last = err.Error()
+		case err == nil && last != "":
+			p.log().Info("probe rules on the node in place again")
+			last = ""
 		}
 		select {
 		case <-ctx.Done():
@@ -71,7 +85,11 @@ func (p *Probes) Run(ctx context.Context, interval time.Duration) error {
 
 // Reconcile makes the node's sets and rules what they should be now.
 // It rewrites the rules only when they differ from what is there.
-func (p *Probes) Reconcile(ctx context.Context) error {
+func (p *Probes) Reconcile(ctx context.Context) error { return p.reconcile(ctx, true) }
+
+// reconcile is Reconcile; unless verify, it trusts rules it wrote itself
+// less than probeVerifyInterval ago instead of reading them back.
+func (p *Probes) reconcile(ctx context.Context, verify bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.Netns.Do(func() error {
@@ -93,11 +111,18 @@ func (p *Probes) Reconcile(ctx context.Context) error {
 			o.KubeletCgroup = cg
 		}
 		if p.done && o.KubeletCgroup == p.applied.KubeletCgroup {
-			// Check the namespace still has them: cheap next to the
+			if !verify && time.Since(p.verified) < probeVerifyInterval {
+				return nil
+			}
+			// Check the namespace still has them: cheaper than the
 			// restore, and a flushed chain is repaired.
 			ok, err := p.inPlace(ctx, o)
-			if err != nil || ok {
+			if err != nil {
 				return err
+			}
+			if ok {
+				p.verified = time.Now()
+				return nil
 			}
 		}
 		for _, f := range AllFamilies {
@@ -112,7 +137,7 @@ func (p *Probes) Reconcile(ctx context.Context) error {
 				return err
 			}
 		}
-		p.applied, p.done = o, true
+		p.applied, p.done, p.verified = o, true, time.Now()
 		p.log().Info("probe rules on the node", "kubelet_cgroup", o.KubeletCgroup, "probe_sources", o.ProbeSources)
 		return nil
 	})
