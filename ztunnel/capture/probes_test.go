@@ -261,8 +261,17 @@ func TestKubeletProbesAndNothingElse(t *testing.T) {
 		}
 	})
 	t.Run("a pod not in the probe set is not rewritten", func(t *testing.T) {
+		if m, err := pl.probes.Members(); err != nil || !slices.Equal(m, []netip.Addr{labPod}) {
+			t.Fatalf("probe set members %v, %v; want %v", m, err, labPod)
+		}
 		if err := pl.probes.Del(labPod); err != nil {
 			t.Fatal(err)
+		}
+		if m, err := pl.probes.Members(); err != nil || len(m) != 0 {
+			t.Fatalf("probe set members after Del: %v, %v", m, err)
+		}
+		if err := pl.probes.Del(labPod); err != nil {
+			t.Errorf("deleting an address not in the set: %v", err)
 		}
 		defer func() {
 			if err := pl.probes.Add(labPod); err != nil {

@@ -48,6 +48,10 @@ L4 AuthorizationPolicies of the destination.
 It installs the cairn-cni plugin on its node, so that new pods are captured
 before their first packet, and captures pods that already run when their
 namespace is labelled istio.io/dataplane-mode=ambient (no restart needed).
+Enrolled pods let nothing from the node through uncaptured but the kubelet's
+probes: ztunnel keeps rules on the node that give the kubelet's connections
+to enrolled pods an address of their own (--probe-sources), telling the
+kubelet apart by its cgroup (--kubelet-cgroup).
 Workloads and policies come from istiod-lite over delta xDS; certificates from
 istiod-lite's CA, one per service account with pods on the node.
 
