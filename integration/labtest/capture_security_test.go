@@ -3,6 +3,7 @@ package labtest
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -254,6 +256,97 @@ func TestCaptureBareACKDoesNotBypass(t *testing.T) {
 			t.Errorf("attempt %d: the app answered %q under allow-nothing", i, status)
 		}
 	}
+}
+
+// TestCaptureForgedProbeSourceIsDropped: a pod with CAP_NET_RAW on the
+// same node (on the same bridge) forges the probe source, which enrolled
+// pods let through uncaptured. The node drops such frames as it bridges
+// them (bridge-nf-call-iptables): the enrolled pod never sees them, while
+// the same SYN from the attacker's own address arrives.
+func TestCaptureForgedProbeSourceIsDropped(t *testing.T) {
+	setup(t)
+	installMesh(t)
+	ns := namespace(t)
+	enroll(t, ns)
+	node := lab.NodeName(1)
+	victim := echoPod(t, ns, "victim", node)
+	eventually(t, 30*time.Second, "victim captured", func() error {
+		if !captured(t, ns, "victim") {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	outside := namespace(t)
+	attacker := echoPod(t, outside, "attacker", node)
+	dst := netip.AddrPortFrom(netip.MustParseAddr(victim.Status.PodIP), 8080)
+	ah, vh := podNetns(t, attacker), podNetns(t, victim)
+
+	syns := func(src netip.Addr) int {
+		t.Helper()
+		port := uint16(40000 + rand.IntN(20000))
+		return countSYNs(t, vh, netip.AddrPortFrom(src, port), dst, func() {
+			for range 3 {
+				if err := ah.Do(func() error {
+					return rawtcp.Send(rawtcp.Segment{Src: netip.AddrPortFrom(src, port), Dst: dst, Seq: rand.Uint32(), Flags: rawtcp.SYN})
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+	if n := syns(netip.MustParseAddr(attacker.Status.PodIP)); n == 0 {
+		t.Fatal("the attacker's SYNs from its own address did not reach the victim either: the test proves nothing")
+	}
+	if n := syns(netip.MustParseAddr("169.254.7.127")); n > 0 {
+		t.Errorf("%d SYNs forged from the probe source reached the enrolled pod", n)
+	}
+}
+
+// countSYNs counts the TCP SYNs from src to dst that reach eth0 in h
+// while send runs (and for half a second after).
+func countSYNs(t *testing.T, h *netns.Handle, src, dst netip.AddrPort, send func()) int {
+	t.Helper()
+	var fd int
+	if err := h.Do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(htons(unix.ETH_P_IP)))
+		if err != nil {
+			return err
+		}
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: ifi.Index})
+	}); err != nil {
+		t.Fatalf("packet socket in the pod: %v", err)
+	}
+	defer unix.Close(fd)
+	tv := unix.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	send()
+	n := 0
+	buf := make([]byte, 2048)
+	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); {
+		m, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			continue // the timeout
+		}
+		ip := buf[:m]
+		if m < 40 || ip[0]>>4 != 4 || ip[9] != unix.IPPROTO_TCP {
+			continue
+		}
+		ihl := int(ip[0]&0x0f) * 4
+		tcp := ip[ihl:]
+		if netip.AddrFrom4([4]byte(ip[12:16])) == src.Addr() && netip.AddrFrom4([4]byte(ip[16:20])) == dst.Addr() &&
+			binary.BigEndian.Uint16(tcp[0:2]) == src.Port() && binary.BigEndian.Uint16(tcp[2:4]) == dst.Port() &&
+			tcp[13]&(rawtcp.SYN|rawtcp.ACK) == rawtcp.SYN {
+			n++
+		}
+	}
+	return n
 }
 
 // TestCaptureIPv6LinkLocalIsRefused: the lab's pods have only IPv4

@@ -35,40 +35,58 @@ type Segment struct {
 	Payload []byte
 }
 
-// Send sends s from the calling thread's network namespace. The kernel
-// writes the IP header (from Src's address, which need not be local);
-// the TCP header and its checksum are s's.
+// Send sends s from the calling thread's network namespace. For IPv4 it
+// writes the IP header too (IP_HDRINCL, which CAP_NET_RAW allows), so the
+// source may be any address: the kernel routes by the destination. For
+// IPv6 the kernel writes the IP header from Src's address, which must be
+// one the kernel accepts as a source there (a local one, or any with
+// CAP_NET_ADMIN). The TCP header and its checksum are s's.
 func Send(s Segment) error {
 	src, dst := s.Src.Addr().Unmap(), s.Dst.Addr().Unmap()
 	if src.Is4() != dst.Is4() {
 		return errors.New("rawtcp: source and destination of different families")
 	}
-	domain := unix.AF_INET
-	if src.Is6() {
-		domain = unix.AF_INET6
+	if src.Is4() {
+		return send4(s, src, dst)
 	}
-	fd, err := unix.Socket(domain, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if err != nil {
 		return fmt.Errorf("rawtcp: raw socket: %w", err)
 	}
 	defer unix.Close(fd)
-	var local, remote unix.Sockaddr
-	if src.Is4() {
-		if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_FREEBIND, 1); err != nil {
-			return fmt.Errorf("rawtcp: IP_FREEBIND: %w", err)
-		}
-		local, remote = &unix.SockaddrInet4{Addr: src.As4()}, &unix.SockaddrInet4{Addr: dst.As4()}
-	} else {
-		if err := unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
-			return fmt.Errorf("rawtcp: IPV6_FREEBIND: %w", err)
-		}
-		local = &unix.SockaddrInet6{Addr: src.As16(), ZoneId: zoneIndex(s.Src.Addr())}
-		remote = &unix.SockaddrInet6{Addr: dst.As16(), ZoneId: zoneIndex(s.Dst.Addr())}
+	if err := unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
+		return fmt.Errorf("rawtcp: IPV6_FREEBIND: %w", err)
 	}
+	local := &unix.SockaddrInet6{Addr: src.As16(), ZoneId: zoneIndex(s.Src.Addr())}
+	remote := &unix.SockaddrInet6{Addr: dst.As16(), ZoneId: zoneIndex(s.Dst.Addr())}
 	if err := unix.Bind(fd, local); err != nil {
 		return fmt.Errorf("rawtcp: binding %s: %w", src, err)
 	}
 	if err := unix.Sendto(fd, s.Bytes(), 0, remote); err != nil {
+		return fmt.Errorf("rawtcp: sending to %s: %w", s.Dst, err)
+	}
+	return nil
+}
+
+// send4 sends s with an IPv4 header of its own.
+func send4(s Segment, src, dst netip.Addr) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW) // IP_HDRINCL implied
+	if err != nil {
+		return fmt.Errorf("rawtcp: raw socket: %w", err)
+	}
+	defer unix.Close(fd)
+	tcp := s.Bytes()
+	pkt := make([]byte, 20, 20+len(tcp))
+	pkt[0] = 0x45 // version 4, five 32-bit words
+	binary.BigEndian.PutUint16(pkt[2:], uint16(20+len(tcp)))
+	binary.BigEndian.PutUint16(pkt[6:], 0x4000) // don't fragment
+	pkt[8] = 64
+	pkt[9] = unix.IPPROTO_TCP
+	copy(pkt[12:16], src.AsSlice())
+	copy(pkt[16:20], dst.AsSlice())
+	// The kernel fills in the identification and the header checksum.
+	pkt = append(pkt, tcp...)
+	if err := unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
 		return fmt.Errorf("rawtcp: sending to %s: %w", s.Dst, err)
 	}
 	return nil
