@@ -17,11 +17,20 @@ import (
 )
 
 // CgroupParent is node i's kubelet's CgroupParent: relative to the
-// kubelet's own cgroup in each hierarchy (the supervisor's, which it
-// inherits), pods go under <own>/<prefix>lab/lab-node-<i>/kubepods/, the
-// layout of a real kubelet's cgroupfs driver that node agents look for.
+// cgroup the kubelet starts in, in each hierarchy (the supervisor's, which
+// it inherits), pods go under <own>/<prefix>lab/lab-node-<i>/kubepods/,
+// the layout of a real kubelet's cgroupfs driver that node agents look
+// for. The kubelet itself moves to KubeletCgroup, beside them.
 func (c Config) CgroupParent(i int) string {
 	return filepath.Join(c.cgroupName(), NodeName(i), "kubepods")
+}
+
+// KubeletCgroup is node i's kubelet's own cgroup, next to its pods'
+// (CgroupParent): <own>/<prefix>lab/lab-node-<i>/kubelet, as a real node's
+// systemd runs the kubelet in system.slice/kubelet.service, apart from
+// kubepods. ztunnel tells the kubelet's probes apart by it.
+func (c Config) KubeletCgroup(i int) string {
+	return filepath.Join(c.cgroupName(), NodeName(i), "kubelet")
 }
 
 // cgroupName is the lab's own cgroup below the supervisor's, one per

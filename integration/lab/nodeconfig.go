@@ -140,6 +140,7 @@ func kubeletArgs(c Config, i int) []string {
 		"--tls-private-key-file=" + f.ServingKey,
 		"--client-ca-file=" + f.CACert,
 		"--cgroup-parent=" + c.CgroupParent(i),
+		"--cgroup=" + c.KubeletCgroup(i),
 	}
 	for _, image := range slices.Sorted(maps.Keys(c.Images)) {
 		args = append(args, "--image="+image+"="+c.Images[image])

@@ -63,9 +63,21 @@ type Namespace struct {
 	ObjectMeta `json:"metadata"`
 }
 
-// Node is the part of a core/v1 Node that ztunnel reads: its annotations.
+// Node is the part of a core/v1 Node that ztunnel reads: its annotations,
+// its addresses and the port its kubelet listens on.
 type Node struct {
 	ObjectMeta `json:"metadata"`
+	Status     struct {
+		Addresses []struct {
+			Type    string `json:"type"`
+			Address string `json:"address"`
+		} `json:"addresses,omitempty"`
+		DaemonEndpoints struct {
+			KubeletEndpoint struct {
+				Port int32 `json:"Port"`
+			} `json:"kubeletEndpoint"`
+		} `json:"daemonEndpoints"`
+	} `json:"status"`
 }
 
 // DaemonSet is the part of an apps/v1 DaemonSet that ztunnel reads:

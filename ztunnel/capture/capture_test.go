@@ -242,7 +242,7 @@ func TestApplyIsIdempotent(t *testing.T) {
 			}
 		}
 	}
-	wantJumps := []string{"mangle/OUTPUT -j CAIRN_OUTPUT", "nat/OUTPUT -j CAIRN_OUTPUT", "nat/PREROUTING -j CAIRN_PREROUTING"}
+	wantJumps := []string{"mangle/OUTPUT -j CAIRN_OUTPUT", "nat/OUTPUT -j CAIRN_OUTPUT", "nat/PREROUTING -j CAIRN_PREROUTING", "raw/OUTPUT -j CAIRN_OUTPUT"}
 	for _, s := range []Saved{first, second} {
 		if got := s.Jumps(); !slices.Equal(got, wantJumps) {
 			t.Errorf("jumps %v, want %v", got, wantJumps)

@@ -6,8 +6,12 @@
 //
 // # The rules
 //
-// For one address family, with the default options and one probe source:
+// For one address family the pod has an address of, with the default
+// options:
 //
+//	*raw
+//	-A OUTPUT -j CAIRN_OUTPUT
+//	-A CAIRN_OUTPUT -m mark --mark 0x539/0xfff -j CT --zone-orig 1337
 //	*mangle
 //	-A OUTPUT -j CAIRN_OUTPUT
 //	-A CAIRN_OUTPUT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x539/0xfff
@@ -15,7 +19,7 @@
 //	*nat
 //	-A PREROUTING -j CAIRN_PREROUTING
 //	-A OUTPUT -j CAIRN_OUTPUT
-//	-A CAIRN_PREROUTING -s <probe source> -p tcp -j RETURN
+//	-A CAIRN_PREROUTING -s 169.254.7.127/32 -p tcp -j RETURN
 //	-A CAIRN_PREROUTING -p tcp --dport 15008 -j RETURN
 //	-A CAIRN_PREROUTING -p tcp --syn -j REDIRECT --to-ports 15006
 //	-A CAIRN_OUTPUT -m mark --mark 0x539/0xfff -j RETURN
@@ -23,7 +27,10 @@
 //	-A CAIRN_OUTPUT -p tcp --syn -j REDIRECT --to-ports 15001
 //
 // (Comments, excluded ports and DNS left out; Build writes the rules the
-// way iptables-save prints them.)
+// way iptables-save prints them.) A family the pod has no address of
+// gets, in the filter table, a reset for every SYN in or out other than
+// on lo (see "Other families" below). And conntrack's loose pickup is
+// off in the pod (see "Only SYNs").
 //
 // REDIRECT, not TPROXY. REDIRECT rewrites the destination to the
 // listener and conntrack remembers the original, which ztunnel reads back
@@ -36,15 +43,29 @@
 //
 // Only SYNs are redirected. nat rules are consulted for the first packet
 // conntrack sees of a connection, and with nf_conntrack_tcp_loose (the
-// default) that can be a packet in the middle of a connection that
-// existed before the rules: a pod enrolled while it runs (design §4) has
-// such connections. Redirecting that packet to ztunnel, which has no
+// kernel's default) that can be a packet in the middle of a connection
+// that existed before the rules: a pod enrolled while it runs (design §4)
+// has such connections. Redirecting that packet to ztunnel, which has no
 // socket for it, breaks the connection (the tests saw it go silent).
-// Matching SYNs only leaves
-// those connections alone until they close, and every new connection
-// still starts with a SYN. Applying again (same or new options) keeps
-// connections that are already going through ztunnel: the chains are
-// replaced in one transaction and conntrack keeps their translation.
+// Matching SYNs only leaves those connections alone until they close, and
+// every new connection still starts with a SYN. Applying again (same or
+// new options) keeps connections that are already going through ztunnel:
+// the chains are replaced in one transaction and conntrack keeps their
+// translation.
+//
+// Loose pickup is also a way around the redirect, so Apply turns it off
+// in the pod (net.netfilter.nf_conntrack_tcp_loose=0, a per-namespace
+// sysctl; Remove turns it back on). A client with CAP_NET_RAW, which
+// pods have by default, sends the pod an ACK for a connection that never
+// started; conntrack takes it for the middle of one and makes an entry,
+// which nat, seeing it first in the middle, leaves untranslated. If
+// nothing answers the ACK with a reset (a TCP MD5 option makes the app's
+// kernel drop it silently), a SYN from the same address and port then
+// finds that entry, is not redirected and reaches the app
+// (TestBareACKDoesNotOpenAWayPastCapture). Without loose pickup such an
+// ACK is invalid and makes no entry; only a SYN starts one. Connections
+// that existed before the rules still pass: their packets are invalid
+// now, so nat never sees them, and nothing drops them.
 //
 // Removing does not keep them. Once no rule in the namespace needs
 // conntrack, the kernel stops tracking there, and a connection that was
@@ -65,7 +86,8 @@
 //
 // ztunnel connects to the app from the client's address, as Istio's
 // ztunnel does, so that the app sees who called (Dialer.DialFrom: a
-// transparent socket bound to that address). The app's replies go to the
+// transparent socket bound to that address), over HBONE and plaintext
+// alike. The app's replies go to the
 // client's address, which the pod would route out of its interface, past
 // ztunnel. The reply mark sends them back: ApplyRoutes adds a rule that
 // packets with it look up the pod's table 1337, where every destination
@@ -75,6 +97,20 @@
 // pod too. A connection ztunnel opened from the pod's own address gets
 // the reply mark as well, and is local anyway.
 //
+// Conntrack zone. A plaintext client's connection, redirected to 15006,
+// leaves conntrack an entry whose original tuple is the client's
+// address and port to the app's port. ztunnel's transparent dial for it
+// (or for any other connection from that client) binds the client's
+// address with a port the kernel picks, and the kernel only avoids ports
+// of local sockets: it may pick that same port, and conntrack would then
+// take ztunnel's SYN for the client's connection and redirect it back to
+// 15006. So the first raw rule puts the packets of ztunnel's own sockets
+// (the mark) in a zone of their own, in the original direction only
+// (CT --zone-orig, Options.ConntrackZone): their original tuples can
+// never meet a client's, and the app's replies, in the default zone,
+// still find ztunnel's entry by its reply tuple
+// (TestDialFromTheClientsOwnPort forces the port).
+//
 // Loopback. Traffic leaving through lo (to 127.0.0.0/8, ::1 or the pod's
 // own addresses) is not captured: it never leaves the pod, so there is no
 // peer to authenticate, and it includes ztunnel delivering a connection to
@@ -82,15 +118,35 @@
 // PREROUTING rules at all, because their connection was already
 // translated, or not, in OUTPUT.
 //
-// Probes. kubelet probes come from the node, through the pod's veth. A
-// packet mark set on the node does not help: the kernel clears the mark
-// when a packet changes namespace. So the exemption is by source address
-// (Options.ProbeSources): either the node's address on the pod network,
-// which also exempts anything else that comes from the node itself, or an
-// address the node SNATs its own probe traffic to, which is narrower but
-// needs a rule on the node (Istio SNATs to 169.254.7.127). The rule in the
-// pod is the same for both; which address to use is the node agent's
-// choice.
+// Probes. The kubelet's probes come from the node, through the pod's
+// veth, and must reach the app whatever the pod's policies say. A packet
+// mark set on the node does not help: the kernel clears the mark when a
+// packet changes namespace. The node's own address does not either:
+// NodePort traffic that kube-proxy masquerades, host-network pods and any
+// other process on the node come from it too. So the node gives the
+// kubelet's connections, and only those, an address of their own, and
+// the pod lets through only that (Options.ProbeSources, 169.254.7.127 and
+// an IPv6 unique local address by default, DefaultProbeSources). The
+// node's rules (BuildNode, kept by Probes in ztunnel's own namespace, the
+// node's) SNAT to it the TCP of sockets in the kubelet's cgroup (v2) to
+// the addresses of enrolled pods (an ipset per family, ProbeSetName), and
+// drop packets that carry it anywhere else: arriving from off the node
+// (a pod forging it; bridged frames pass the same hooks) or leaving a
+// local socket bound to it. The kubelet is found by its port
+// (KubeletCgroup): the socket listening there names its cgroup, which on
+// a real node is the kubelet's alone (system.slice/kubelet.service under
+// systemd), and never a pod's, host-network pods included; a cgroup that
+// would cover more (the root one, one with children) is refused. If the
+// kubelet's cgroup cannot be found, nothing gets the probe source and
+// probes are captured like any other plaintext (they fail under STRICT):
+// safe, and said in ztunnel's log.
+//
+// Other families. A pod whose addresses are all IPv4 still has an IPv6
+// link-local address on every interface, and an app that listens on the
+// dual-stack wildcard answers on it: a neighbour on the same link would
+// reach it uncaptured. ztunnel has nothing to authorize such a connection
+// against, so the rules of a family the pod has no address of refuse TCP
+// (a reset for every SYN in or out, other than on lo).
 //
 // HBONE. Inbound TCP to 15008 is not redirected: it reaches ztunnel's HBONE
 // listener in the pod directly, with the pod's address as its local

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"os/exec"
 	"strings"
 
@@ -41,16 +43,19 @@ type IPTables struct {
 // host, shared with kube-proxy and the CNI; the nft backend ignores it.
 const lockWait = "--wait=10"
 
-// Apply installs the rules for o in ns, for each family of o's pod IPs.
-// It can be called again with the same or different options: each call
-// leaves, in those families, exactly the rules of the options it was
-// given, and connections already going through ztunnel keep going.
+// Apply installs the rules for o in ns: the capture rules for each family
+// of o's pod IPs, and rules that refuse TCP for the other family (unless
+// the kernel has no IPv6 at all). It also turns off conntrack's loose
+// pickup of TCP in ns (see the package doc, "Only SYNs"). It can be called
+// again with the same or different options: each call leaves exactly the
+// rules of the options it was given, and connections already going
+// through ztunnel keep going.
 func (t *IPTables) Apply(ctx context.Context, ns *netns.Handle, o Options) error {
 	if err := o.Validate(); err != nil {
 		return fmt.Errorf("capture options: %w", err)
 	}
 	var sets []Ruleset
-	for _, f := range o.Families() {
+	for _, f := range AllFamilies {
 		rs, err := Build(o, f)
 		if err != nil {
 			return err
@@ -58,17 +63,59 @@ func (t *IPTables) Apply(ctx context.Context, ns *netns.Handle, o Options) error
 		sets = append(sets, rs)
 	}
 	return ns.Do(func() error {
+		// Before the rules, so that no connection is picked up loose
+		// once they are in, and again after them: the sysctl appears
+		// only once conntrack is loaded, which the rules may do.
+		_ = setLoosePickup(false)
 		for _, rs := range sets {
+			if rs.Family == IPv6 && !kernelHasIPv6() {
+				t.log().Debug("capture: the kernel has no IPv6, no ip6tables rules", "netns", ns.Path())
+				continue
+			}
 			if err := t.reconcile(ctx, ns, rs.Family, rs); err != nil {
 				return err
 			}
+		}
+		if err := setLoosePickup(false); err != nil {
+			return fmt.Errorf("capture in %s: %w", ns, err)
 		}
 		return nil
 	})
 }
 
+// loosePickup is the per-namespace switch of conntrack's loose pickup
+// of TCP connections it did not see start.
+const loosePickup = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"
+
+// setLoosePickup turns conntrack's loose TCP pickup on (the kernel's
+// default) or off in the namespace of the calling thread. With it on, a
+// packet in the middle of a connection that conntrack never saw start (a
+// bare ACK from a client with CAP_NET_RAW) makes an entry, and nat, which
+// sees only the first packet of an entry, has already passed it by: a
+// SYN from the same address and port then reuses the entry and reaches
+// the app without the redirect. With it off such packets are invalid and
+// make no entry; only a SYN starts one.
+func setLoosePickup(on bool) error {
+	v := "0"
+	if on {
+		v = "1"
+	}
+	if err := os.WriteFile(loosePickup, []byte(v), 0o644); err != nil {
+		return fmt.Errorf("setting %s to %s: %w", loosePickup, v, err)
+	}
+	return nil
+}
+
+// kernelHasIPv6 says whether the calling thread's namespace has IPv6 (it
+// has not when the kernel was booted with ipv6.disable=1).
+func kernelHasIPv6() bool {
+	_, err := os.Stat("/proc/sys/net/ipv6")
+	return err == nil
+}
+
 // Remove deletes every CAIRN_ chain and every jump to one in ns, for both
-// families, and nothing else. A family whose commands are not installed is
+// families, and nothing else, and turns conntrack's loose pickup back on
+// (the kernel's default). A family whose commands are not installed is
 // skipped: it cannot have rules.
 //
 // Close the pod's connections through ztunnel first: with the rules gone
@@ -84,6 +131,9 @@ func (t *IPTables) Remove(ctx context.Context, ns *netns.Handle) error {
 				continue
 			}
 			errs = append(errs, err)
+		}
+		if err := setLoosePickup(true); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("capture in %s: %w", ns, err))
 		}
 		return errors.Join(errs...)
 	})

@@ -218,3 +218,19 @@ func markedPackets(t *testing.T, l *lab) int {
 	}
 	return n
 }
+
+// dialFromPort connects from the node's side from src, port included.
+func dialFromPort(t *testing.T, l *lab, src netip.AddrPort, dst string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(src)}
+	var c net.Conn
+	if err := l.node.Handle.Do(func() error {
+		var err error
+		c, err = d.Dial("tcp", dst)
+		return err
+	}); err != nil {
+		t.Fatalf("dialling %s from %s: %v", dst, src, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}

@@ -34,6 +34,22 @@ const (
 	DefaultRouteTable = 1337
 )
 
+// DefaultConntrackZone is the conntrack zone of the original direction of
+// ztunnel's own connections in a pod (see the package doc, "Source
+// addresses"). Any zone but 0 does; 1337 matches the mark.
+const DefaultConntrackZone = 1337
+
+// DefaultProbeSources are the addresses the node rewrites the kubelet's
+// connections to enrolled pods to (NodeOptions.ProbeSources), and the only
+// sources a pod lets through uncaptured (Options.ProbeSources): a
+// link-local IPv4 address and an IPv6 unique local address, neither of
+// which a node or a pod has. They are Istio's, so that rules written for
+// one mesh's probes (a NetworkPolicy, say) serve the other's.
+var DefaultProbeSources = []netip.Addr{
+	netip.MustParseAddr("169.254.7.127"),
+	netip.MustParseAddr("fd16:9254:7127:1337:ffff:ffff:ffff:ffff"),
+}
+
 // Ports are ztunnel's listening ports inside a pod.
 type Ports struct {
 	Outbound uint16
@@ -68,17 +84,27 @@ type Options struct {
 	ReplyMark  uint32
 	RouteTable int
 
-	// PodIPs are the pod's addresses. They choose the address families
-	// to program: IPv4 rules if there is an IPv4 address, IPv6 rules if
-	// there is an IPv6 one.
+	// ConntrackZone is the conntrack zone of the original direction of
+	// ztunnel's own connections (packets with Mark), so that a connection
+	// ztunnel opens to the app from a client's address and port never
+	// shares conntrack's entry with the client's own connection from that
+	// address and port (see the package doc, "Source addresses").
+	ConntrackZone uint16
+
+	// PodIPs are the pod's addresses. They choose what each address
+	// family gets: the capture rules for a family the pod has an address
+	// of, and for the other family rules that refuse TCP (the pod still
+	// has link-local IPv6 addresses, and an app listening on the
+	// dual-stack wildcard would answer on them).
 	PodIPs []netip.Addr
 
-	// ProbeSources are the addresses kubelet probes arrive from: either
-	// the node's own address on the pod network, or the address the node
-	// SNATs its probes to (Istio uses 169.254.7.127). Inbound TCP from
-	// them goes straight to the app, uncaptured. A packet mark cannot do
-	// this job: the kernel clears the mark when a packet crosses the veth
-	// into the pod.
+	// ProbeSources are the addresses the kubelet's probes arrive from:
+	// the addresses the node rewrites the kubelet's own connections to
+	// (NodeOptions, DefaultProbeSources). Inbound TCP from them goes
+	// straight to the app, uncaptured. A packet mark cannot do this job:
+	// the kernel clears the mark when a packet crosses the veth into the
+	// pod. Not the node's own address: NodePort traffic that kube-proxy
+	// masquerades and host-network pods come from that one too.
 	ProbeSources []netip.Addr
 
 	// ExcludeInboundPorts are pod ports whose inbound TCP is not captured;
@@ -94,15 +120,16 @@ type Options struct {
 }
 
 // DefaultOptions are the options for a pod with the given addresses: the
-// default ports and mark, no probe exemption, no exclusions, no DNS.
+// default ports, mark and zone, no probe exemption, no exclusions, no DNS.
 func DefaultOptions(podIPs ...netip.Addr) Options {
 	return Options{
-		Ports:      DefaultPorts(),
-		Mark:       DefaultMark,
-		MarkMask:   DefaultMarkMask,
-		ReplyMark:  DefaultReplyMark,
-		RouteTable: DefaultRouteTable,
-		PodIPs:     podIPs,
+		Ports:         DefaultPorts(),
+		Mark:          DefaultMark,
+		MarkMask:      DefaultMarkMask,
+		ReplyMark:     DefaultReplyMark,
+		RouteTable:    DefaultRouteTable,
+		ConntrackZone: DefaultConntrackZone,
+		PodIPs:        podIPs,
 	}
 }
 
@@ -137,6 +164,9 @@ func (o Options) Validate() error {
 	if o.RouteTable <= 0 || o.RouteTable == 253 || o.RouteTable == 254 || o.RouteTable == 255 {
 		errs = append(errs, fmt.Errorf("route table %d: want a positive number that is not one of the kernel's (253 default, 254 main, 255 local)", o.RouteTable))
 	}
+	if o.ConntrackZone == 0 {
+		errs = append(errs, errors.New("conntrack zone 0: ztunnel's side of its connections needs a zone of its own"))
+	}
 	if len(o.PodIPs) == 0 {
 		errs = append(errs, errors.New("no pod IPs: nothing says which address families to capture"))
 	}
@@ -153,7 +183,8 @@ func (o Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Families are the address families o captures, IPv4 first.
+// Families are the address families o captures (those of the pod's
+// addresses), IPv4 first. The others get rules that refuse TCP.
 func (o Options) Families() []Family {
 	var fams []Family
 	if slices.ContainsFunc(o.PodIPs, netip.Addr.Is4) {
@@ -173,6 +204,9 @@ const (
 	IPv4 Family = 4
 	IPv6 Family = 6
 )
+
+// AllFamilies are the families Apply programs in every pod.
+var AllFamilies = []Family{IPv4, IPv6}
 
 func (f Family) String() string {
 	if f == IPv6 {

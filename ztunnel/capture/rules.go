@@ -3,6 +3,7 @@ package capture
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -39,11 +40,15 @@ type Chain struct {
 	Rules []string
 }
 
-// Build returns the rules that capture a pod's TCP for family f. It is
-// pure: the same options give the same rules.
+// Build returns the rules that capture a pod's TCP for family f, or, if
+// the pod has no address of family f, the rules that refuse TCP in that
+// family (Refuse). It is pure: the same options give the same rules.
 func Build(o Options, f Family) (Ruleset, error) {
 	if err := o.Validate(); err != nil {
 		return Ruleset{}, fmt.Errorf("capture options: %w", err)
+	}
+	if !slices.ContainsFunc(o.PodIPs, f.has) {
+		return refuse(f), nil
 	}
 	mark := fmt.Sprintf("%#x/%#x", o.Mark, o.MarkMask)
 	reply := fmt.Sprintf("%#x/%#x", o.ReplyMark, o.MarkMask)
@@ -51,6 +56,13 @@ func Build(o Options, f Family) (Ruleset, error) {
 	if f == IPv6 {
 		hostLen = 128
 	}
+
+	// raw: ztunnel's packets get their own conntrack zone in the original
+	// direction, before conntrack sees them (see the package doc).
+	rawOut := Chain{Name: ChainPrefix + "OUTPUT", Hook: "OUTPUT", Rules: []string{
+		"-m mark --mark " + mark + comment("ztunnel socket: a conntrack zone of its own") +
+			fmt.Sprintf(" -j CT --zone-orig %d", o.ConntrackZone),
+	}}
 
 	// mangle: tag ztunnel's flows, and send the app's packets on them back
 	// to ztunnel (the reply mark selects the pod's route table for it).
@@ -98,7 +110,30 @@ func Build(o Options, f Family) (Ruleset, error) {
 			{Name: ChainPrefix + "PREROUTING", Hook: "PREROUTING", Rules: in},
 			{Name: ChainPrefix + "OUTPUT", Hook: "OUTPUT", Rules: out},
 		}},
+		{Name: "raw", Chains: []Chain{rawOut}},
 	}}, nil
+}
+
+// refuse is the ruleset of a family the pod has no address of: new TCP
+// connections in that family, other than within the pod, are refused with
+// a reset both ways. There is nothing to capture them for (no workload
+// address to authorize them against), and left alone they would reach the
+// app uncaptured: every interface has an IPv6 link-local address, and an
+// app that listens on the dual-stack wildcard answers on it. Only SYNs are
+// refused, as only SYNs are redirected: a connection that existed before
+// the rules goes on, and the resets the rules send leave the pod.
+func refuse(f Family) Ruleset {
+	why := comment("no " + f.String() + " address in the mesh: TCP refused")
+	return Ruleset{Family: f, Tables: []Table{{Name: "filter", Chains: []Chain{
+		{Name: ChainPrefix + "INPUT", Hook: "INPUT", Rules: []string{
+			"-i lo" + comment("traffic within the pod") + " -j RETURN",
+			"-p tcp " + synOnly + why + " -j REJECT --reject-with tcp-reset",
+		}},
+		{Name: ChainPrefix + "OUTPUT", Hook: "OUTPUT", Rules: []string{
+			"-o lo" + comment("traffic within the pod") + " -j RETURN",
+			"-p tcp " + synOnly + why + " -j REJECT --reject-with tcp-reset",
+		}},
+	}}}}
 }
 
 // String is the iptables-restore input that installs r in a namespace

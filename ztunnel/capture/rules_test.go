@@ -34,6 +34,11 @@ COMMIT
 -I PREROUTING 1 -j CAIRN_PREROUTING
 -I OUTPUT 1 -j CAIRN_OUTPUT
 COMMIT
+*raw
+:CAIRN_OUTPUT - [0:0]
+-A CAIRN_OUTPUT -m mark --mark 0x539/0xfff -m comment --comment "cairn: ztunnel socket: a conntrack zone of its own" -j CT --zone-orig 1337
+-I OUTPUT 1 -j CAIRN_OUTPUT
+COMMIT
 `
 
 func TestBuildDefaultIPv4(t *testing.T) {
@@ -117,6 +122,34 @@ func TestBuild(t *testing.T) {
 			"nat/CAIRN_OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 15001",
 		},
 	}, {
+		name:   "ztunnel's packets get a conntrack zone of their own, in the original direction",
+		opts:   func(o *Options) { o.ConntrackZone = 77 },
+		family: IPv4,
+		want:   []string{"raw/CAIRN_OUTPUT -m mark --mark 0x539/0xfff -j CT --zone-orig 77"},
+	}, {
+		name:   "a family without a pod address refuses TCP, except within the pod",
+		opts:   func(o *Options) { o.PodIPs = []netip.Addr{podIP4} },
+		family: IPv6,
+		want: []string{
+			"filter/CAIRN_INPUT -i lo -j RETURN",
+			"filter/CAIRN_INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REJECT --reject-with tcp-reset",
+			"filter/CAIRN_OUTPUT -o lo -j RETURN",
+			"filter/CAIRN_OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REJECT --reject-with tcp-reset",
+		},
+		absent: []string{
+			"nat/CAIRN_PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REDIRECT --to-ports 15006",
+			"raw/CAIRN_OUTPUT -m mark --mark 0x539/0xfff -j CT --zone-orig 1337",
+		},
+	}, {
+		name:   "and so does IPv4 for an IPv6-only pod",
+		opts:   func(o *Options) { o.PodIPs = []netip.Addr{podIP6} },
+		family: IPv4,
+		want:   []string{"filter/CAIRN_INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REJECT --reject-with tcp-reset"},
+	}, {
+		name:   "a family with a pod address is captured, not refused",
+		family: IPv6,
+		absent: []string{"filter/CAIRN_INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j REJECT --reject-with tcp-reset"},
+	}, {
 		name:   "DNS is not captured by default",
 		family: IPv4,
 		absent: []string{"nat/CAIRN_OUTPUT -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053"},
@@ -195,6 +228,7 @@ func TestValidate(t *testing.T) {
 		{"4in6 probe source", func(o *Options) { o.ProbeSources = []netip.Addr{netip.MustParseAddr("::ffff:198.18.250.1")} }, "plain IPv4 or IPv6"},
 		{"invalid pod IP", func(o *Options) { o.PodIPs = []netip.Addr{{}} }, "plain IPv4 or IPv6"},
 		{"excluded port 0", func(o *Options) { o.ExcludeOutboundPorts = []uint16{0} }, "excluded port 0"},
+		{"conntrack zone 0", func(o *Options) { o.ConntrackZone = 0 }, "conntrack zone 0"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -103,6 +103,28 @@ func (r Ruleset) Script(cur Saved) string {
 	return b.String()
 }
 
+// Applied reports whether cur holds exactly r: our chains with r's rules
+// and nothing else of ours, one plain jump into each from its hook. Then
+// Script would only rewrite the same rules.
+func (r Ruleset) Applied(cur Saved) bool {
+	for _, line := range strings.Split(r.Script(cur), "\n") {
+		switch {
+		case line == "", line == "COMMIT", strings.HasPrefix(line, "*"), strings.HasPrefix(line, ":"),
+			strings.HasPrefix(line, "-A "+ChainPrefix):
+		default:
+			return false // a jump, a deletion, a stale chain
+		}
+	}
+	for _, t := range r.Tables {
+		for _, c := range t.Chains {
+			if !slices.Contains(cur.Chains(), t.Name+"/"+c.Name) || !slices.Equal(cur.Rules(t.Name, c.Name), c.Rules) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // RemoveScript returns the iptables-restore --noflush input that deletes
 // every CAIRN_ chain of cur and every rule jumping to one, and nothing
 // else; "" if there is none.

@@ -116,6 +116,7 @@ func TestScript(t *testing.T) {
 			"*mangle", ":CAIRN_OUTPUT - [0:0]", "-I OUTPUT 1 -j CAIRN_OUTPUT", "COMMIT",
 			"*nat", ":CAIRN_PREROUTING - [0:0]", ":CAIRN_OUTPUT - [0:0]",
 			"-I PREROUTING 1 -j CAIRN_PREROUTING", "-I OUTPUT 1 -j CAIRN_OUTPUT", "COMMIT",
+			"*raw", ":CAIRN_OUTPUT - [0:0]", "-I OUTPUT 1 -j CAIRN_OUTPUT", "COMMIT",
 		},
 	}, {
 		name:  "already applied: refill only, no second jump, others untouched",
@@ -123,6 +124,7 @@ func TestScript(t *testing.T) {
 		want: []string{
 			"*mangle", ":CAIRN_OUTPUT - [0:0]", "COMMIT",
 			"*nat", ":CAIRN_PREROUTING - [0:0]", ":CAIRN_OUTPUT - [0:0]", "COMMIT",
+			"*raw", ":CAIRN_OUTPUT - [0:0]", "-I OUTPUT 1 -j CAIRN_OUTPUT", "COMMIT",
 		},
 	}, {
 		name: "duplicate and odd jumps are deleted, one plain jump kept",
@@ -145,6 +147,7 @@ COMMIT
 			"-D PREROUTING -j CAIRN_PREROUTING",
 			"-D OUTPUT -j CAIRN_PREROUTING",
 			"COMMIT",
+			"*raw", ":CAIRN_OUTPUT - [0:0]", "-I OUTPUT 1 -j CAIRN_OUTPUT", "COMMIT",
 		},
 	}, {
 		name: "stale chains of ours go, in any table, after their jumps",
@@ -166,8 +169,8 @@ COMMIT
 			"*nat", ":CAIRN_PREROUTING - [0:0]", ":CAIRN_OUTPUT - [0:0]",
 			"-D OUTPUT -j CAIRN_OLD", "-F CAIRN_OLD", "-X CAIRN_OLD",
 			"-I PREROUTING 1 -j CAIRN_PREROUTING", "-I OUTPUT 1 -j CAIRN_OUTPUT", "COMMIT",
-			"*raw", "-D PREROUTING -p udp -j CAIRN_DNS",
-			"-F CAIRN_DNS", "-F CAIRN_DNS2", "-X CAIRN_DNS", "-X CAIRN_DNS2", "COMMIT",
+			"*raw", ":CAIRN_OUTPUT - [0:0]", "-D PREROUTING -p udp -j CAIRN_DNS",
+			"-F CAIRN_DNS", "-F CAIRN_DNS2", "-X CAIRN_DNS", "-X CAIRN_DNS2", "-I OUTPUT 1 -j CAIRN_OUTPUT", "COMMIT",
 		},
 	}}
 	for _, tc := range tests {

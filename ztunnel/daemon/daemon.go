@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/cairnmesh/cairn/internal/kubeclient"
+	"github.com/cairnmesh/cairn/internal/netns"
 	"github.com/cairnmesh/cairn/internal/nodepath"
 	"github.com/cairnmesh/cairn/ztunnel/admin"
 	"github.com/cairnmesh/cairn/ztunnel/capture"
@@ -64,6 +66,15 @@ type Config struct {
 	AdminAddress     string
 	MetricsAddress   string
 	ReadinessAddress string
+
+	// ProbeSources are the addresses the node gives the kubelet's probes of
+	// enrolled pods, one per family; the pods let nothing else from the
+	// node through uncaptured. KubeletCgroup says how the node tells the
+	// kubelet's connections apart: "auto" (by the socket on the Node's
+	// kubelet port), "none" (it does not: probes are captured like any
+	// plaintext), or the kubelet's cgroup v2 path.
+	ProbeSources  []netip.Addr
+	KubeletCgroup string
 
 	// DrainHandover is how long listeners stay open after SIGTERM, so that
 	// a new ztunnel on the node takes over the pods' sockets; DrainTimeout
@@ -149,6 +160,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("xDS client: %w", err)
 	}
+	probes, err := nodeProbes(ctx, cfg, node, log.With("component", "probes"))
+	if err != nil {
+		return err
+	}
+	defer probes.Netns.Close()
 	mesh := enroll.New(enroll.Config{
 		Proxy: proxy.Config{
 			Store: store, Certificates: identities{mgr}, Bundle: bundle, Telemetry: rec,
@@ -156,8 +172,9 @@ func Run(ctx context.Context, cfg Config) error {
 			WriteTimeout: cfg.WriteTimeout, Limiter: limiter, HBONE: cfg.HBONE,
 		},
 		Identities: identities{mgr}, TrustDomain: cfg.TrustDomain, NetnsDir: cfg.NetnsDir,
-		IPTables: capture.IPTables{Log: log.With("component", "iptables")},
-		Log:      log.With("component", "enroll"),
+		IPTables:     capture.IPTables{Log: log.With("component", "iptables")},
+		ProbeSources: cfg.ProbeSources, Probes: probes,
+		Log: log.With("component", "enroll"),
 	})
 	finder := enroll.NetnsFinder{ProcDir: cfg.ProcDir, NetnsDir: cfg.NetnsDir, Log: log.With("component", "netns")}
 	agent, err := nodeagent.New(nodeagent.Config{
@@ -242,6 +259,7 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return xds.Run(gctx) })
 	g.Go(func() error { return agent.Run(gctx) })
 	g.Go(func() error { return keepInstalled(gctx, install, log) })
+	g.Go(func() error { return probes.Run(gctx, probeRulesInterval) })
 	g.Go(func() error {
 		returnStartupMemory(gctx, xds.Synced(), agent.Synced, log)
 		return nil
@@ -271,10 +289,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if gone, err := daemonSetGone(kube, cfg.Namespace, cfg.DaemonSet); err == nil && gone {
 		// Uninstalled, not restarted: new pods must not wait for a
 		// ztunnel that will not come.
-		log.Info("the ztunnel DaemonSet is gone: removing cairn-cni from the node")
+		log.Info("the ztunnel DaemonSet is gone: removing cairn-cni and the probe rules from the node")
 		if err := install.Remove(); err != nil {
 			log.Warn("removing cairn-cni", "err", err)
 		}
+		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := probes.Remove(rctx); err != nil {
+			log.Warn("removing the probe rules", "err", err)
+		}
+		cancel()
 	}
 	stopRun()
 	for _, s := range servers {
@@ -290,6 +313,56 @@ func Run(ctx context.Context, cfg Config) error {
 // operatorIdleTimeout closes the operator endpoints' keep-alive
 // connections that send no request for this long.
 const operatorIdleTimeout = 2 * time.Minute
+
+// probeRulesInterval is how often ztunnel checks the node's probe rules:
+// it follows the kubelet into a new cgroup (a restart under systemd makes
+// one) and repairs rules someone else deleted.
+const probeRulesInterval = 10 * time.Second
+
+// nodeProbes sets up the node's probe rules (capture.Probes) in ztunnel's
+// own network namespace, the node's, and applies them once, so that they
+// are in place before the first pod is captured.
+func nodeProbes(ctx context.Context, cfg Config, node *kubeclient.Node, log *slog.Logger) (*capture.Probes, error) {
+	if err := (capture.NodeOptions{ProbeSources: cfg.ProbeSources}).Validate(); err != nil {
+		return nil, fmt.Errorf("--probe-sources: %w", err)
+	}
+	self, err := netns.Open("/proc/self/ns/net")
+	if err != nil {
+		return nil, fmt.Errorf("the node's network namespace: %w", err)
+	}
+	port := uint16(capture.DefaultKubeletPort)
+	if p := node.Status.DaemonEndpoints.KubeletEndpoint.Port; p > 0 && p < 65536 {
+		port = uint16(p)
+	}
+	var addrs []netip.Addr
+	for _, a := range node.Status.Addresses {
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			addrs = append(addrs, ip)
+		}
+	}
+	var find func() (string, error)
+	switch cfg.KubeletCgroup {
+	case "", "auto":
+		find = func() (string, error) { return capture.KubeletCgroup(port, addrs...) }
+	case "none":
+		log.Warn("--kubelet-cgroup=none: the kubelet's probes of enrolled pods are captured like any other plaintext client")
+		find = func() (string, error) { return "", nil }
+	default:
+		if err := (capture.NodeOptions{KubeletCgroup: cfg.KubeletCgroup}).Validate(); err != nil {
+			_ = self.Close()
+			return nil, fmt.Errorf("--kubelet-cgroup: %w", err)
+		}
+		find = func() (string, error) { return cfg.KubeletCgroup, nil }
+	}
+	p := &capture.Probes{
+		Netns: self, IPTables: &capture.IPTables{Log: log}, Sources: cfg.ProbeSources,
+		KubeletCgroup: find, Log: log,
+	}
+	if err := p.Reconcile(ctx); err != nil {
+		log.Warn("probe rules on the node; trying again", "err", err)
+	}
+	return p, nil
+}
 
 // returnStartupMemory gives the memory of start-up back to the node once
 // ztunnel is ready: decoding the first workload discovery response and

@@ -45,7 +45,22 @@ type Config struct {
 	// there by base name.
 	NetnsDir string
 	IPTables capture.IPTables
-	Log      *slog.Logger
+	// ProbeSources are the addresses the node gives the kubelet's probes
+	// (capture.DefaultProbeSources): each pod lets TCP from them through
+	// uncaptured, and nothing else from the node.
+	ProbeSources []netip.Addr
+	// Probes, if set, keeps the node's list of enrolled pods whose probes
+	// get a probe source (capture.Probes); without it the kubelet's probes
+	// are captured like any other plaintext client.
+	Probes ProbeTargets
+	Log    *slog.Logger
+}
+
+// ProbeTargets is the node's list of pods whose kubelet probes the node
+// rewrites to a probe source (capture.Probes).
+type ProbeTargets interface {
+	Add(ips ...netip.Addr) error
+	Del(ips ...netip.Addr) error
 }
 
 // Mesh holds the captured pods of the node.
@@ -109,12 +124,14 @@ func (m *Mesh) Capture(ctx context.Context, pod nodeagent.Pod) error {
 		}
 	}()
 	opts := capture.DefaultOptions(pod.IPs...)
-	if gw, err := defaultGateway(h); err == nil {
-		// Kubelet probes come from the node's address on the pod network:
-		// the pod's gateway with bridge-like CNIs.
-		opts.ProbeSources = append(opts.ProbeSources, gw)
-	} else {
-		m.log.Warn("no default gateway in the pod: kubelet probes will be captured", "pod", pod.String(), "err", err)
+	opts.ProbeSources = m.cfg.ProbeSources
+	// The pod's first probe must already come from the probe source: the
+	// pod lets nothing else from the node through.
+	if m.cfg.Probes != nil {
+		if err := m.cfg.Probes.Add(pod.IPs...); err != nil {
+			m.log.Warn("the node will not give this pod's kubelet probes the probe source: they are captured like any other plaintext",
+				"pod", pod.String(), "err", err)
+		}
 	}
 	if err := m.cfg.IPTables.Apply(ctx, h, opts); err != nil {
 		return fmt.Errorf("capture rules for %s: %w", pod, err)
@@ -190,13 +207,19 @@ func (m *Mesh) Release(ctx context.Context, pod nodeagent.Pod) error {
 }
 
 // uncapture removes the capture rules from a pod, then the reply routes
-// (the rules put the mark that selects them).
+// (the rules put the mark that selects them), then the pod from the
+// node's probe targets (its probes come from the node's address again).
 func (m *Mesh) uncapture(ctx context.Context, h *netns.Handle, pod nodeagent.Pod) error {
 	if err := m.cfg.IPTables.Remove(ctx, h); err != nil {
 		return fmt.Errorf("removing the capture rules of %s: %w", pod, err)
 	}
 	if err := capture.RemoveRoutes(h, capture.DefaultOptions(pod.IPs...)); err != nil {
 		return fmt.Errorf("removing the reply routes of %s: %w", pod, err)
+	}
+	if m.cfg.Probes != nil {
+		if err := m.cfg.Probes.Del(pod.IPs...); err != nil {
+			return fmt.Errorf("removing %s from the node's probe targets: %w", pod, err)
+		}
 	}
 	return nil
 }

@@ -1,9 +1,6 @@
 package enroll
 
 import (
-	"bufio"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -330,35 +327,6 @@ func holdsOnInterface(path string, ips []netip.Addr) error {
 		}
 	}
 	return nil
-}
-
-// defaultGateway reads the IPv4 default route's gateway inside the pod.
-func defaultGateway(h *netns.Handle) (netip.Addr, error) {
-	var gw netip.Addr
-	err := h.Do(func() error {
-		f, err := os.Open("/proc/thread-self/net/route")
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		s := bufio.NewScanner(f)
-		for s.Scan() {
-			fields := strings.Fields(s.Text())
-			if len(fields) < 3 || fields[1] != "00000000" {
-				continue
-			}
-			b, err := hex.DecodeString(fields[2])
-			if err != nil || len(b) != 4 {
-				continue
-			}
-			var a [4]byte
-			binary.LittleEndian.PutUint32(a[:], binary.BigEndian.Uint32(b))
-			gw = netip.AddrFrom4(a)
-			return nil
-		}
-		return errors.New("no IPv4 default route")
-	})
-	return gw, err
 }
 
 // migrateRequests sets net.ipv4.tcp_migrate_req in the pod: when an old

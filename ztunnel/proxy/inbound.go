@@ -102,11 +102,12 @@ func (p *Proxy) inboundPlain(conn net.Conn) {
 		reset(conn)
 		return
 	}
-	// From the pod's own address: the redirect to 15006 left conntrack
-	// holding the client's own tuple (its address and port to this app
-	// port), and a dial from the client's address that happened to pick a
-	// port of one of the client's open connections would be taken for it.
-	upstream, err := p.pod.Dial(ctx, "tcp", dst.String())
+	// From the client's address, as for a tunnel. The client's own
+	// connection, redirected to 15006, left conntrack holding its tuple to
+	// this app port; ztunnel's side of its connections is in a conntrack
+	// zone of its own (capture.Options.ConntrackZone), so a dial that picks
+	// the port of one of the client's connections still gets its own entry.
+	upstream, err := p.dialApp(ctx, src.Addr(), dst.String())
 	if err != nil {
 		rec.Err, rec.Flags = err, "UF"
 		p.cfg.Telemetry.Close(rec)
@@ -178,12 +179,14 @@ func (o *inboundObserver) Refused(r hbone.Refusal) {
 	o.p.cfg.Telemetry.Close(rec)
 }
 
-// dialApp connects to the app at address for a tunnel from src: from src
-// itself when the pod can route the app's replies back to ztunnel, so that
-// the app sees who called, and from the pod's own address otherwise (or
-// when src is the pod's own, or of the other family). No tuple of src can
-// clash in the pod's conntrack: the tunnel's own connection goes to 15008,
-// which is never the app's port.
+// dialApp connects to the app at address for a connection from src (a
+// tunnel's peer or a plaintext client): from src itself when the pod can
+// route the app's replies back to ztunnel, so that the app sees who
+// called, and from the pod's own address otherwise (or when src is the
+// pod's own, or of the other family). The client's own connection cannot
+// be taken for this one in the pod's conntrack, even on the same port:
+// ztunnel's packets are in a zone of their own in the original direction
+// (capture.Options.ConntrackZone).
 func (p *Proxy) dialApp(ctx context.Context, src netip.Addr, address string) (net.Conn, error) {
 	src = src.Unmap()
 	if p.pod.DialFrom != nil && src.IsValid() && !slices.Contains(p.pod.IPs, src) {

@@ -140,8 +140,13 @@ func TestPlaintextInbound(t *testing.T) {
 		return c, bufio.NewReader(c)
 	}
 	c, r := dial()
-	if _, err := roundTrip(t, c, r); err != nil {
+	greeting, err := roundTrip(t, c, r)
+	if err != nil {
 		t.Fatalf("plaintext inbound: %v", err)
+	}
+	// The app sees the client's address, as for a tunnel.
+	if !strings.HasPrefix(greeting, "hello from "+ipOut.String()+":") {
+		t.Errorf("greeting %q, want the connection to come from the client's %v", greeting, ipOut)
 	}
 
 	strict := &workloadv1.Authorization{Name: "converted_peer_authentication_strict", Namespace: "shop", Scope: workloadv1.Scope_NAMESPACE,

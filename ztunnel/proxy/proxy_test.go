@@ -179,6 +179,9 @@ func startHarness(t *testing.T, withConfig bool) *harness {
 	lsA := start(Pod{Namespace: "shop", Name: "a", IPs: []netip.Addr{ipA}, Identity: idA, Dial: dialFrom(ipA),
 		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return *h.dst.Load(), nil }}, h.logA, nil, nil)
 	lsB := start(Pod{Namespace: "shop", Name: "b", IPs: []netip.Addr{ipB}, Identity: idB, Dial: dialFrom(ipB),
+		DialFrom: func(ctx context.Context, src netip.Addr, network, address string) (net.Conn, error) {
+			return dialFrom(src)(ctx, network, address)
+		},
 		OriginalDst: func(c net.Conn) (netip.AddrPort, error) { return netip.AddrPortFrom(ipB, appPort), nil }}, h.logB, h.regB, nil)
 	h.inbound = lsB.Inbound.Addr()
 	h.outboundA = lsA.Outbound.Addr()

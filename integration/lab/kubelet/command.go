@@ -91,6 +91,7 @@ Stopping the kubelet leaves its pods running; a new kubelet with the same
 	f.StringVar(&cfg.TLSKeyFile, "tls-private-key-file", "", "kubelet API serving key")
 	f.StringVar(&cfg.ClientCAFile, "client-ca-file", "", "CA that signs the API server's client certificate")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", DefaultCgroupParent, "cgroup for pods, relative to the kubelet's own")
+	f.StringVar(&cfg.Cgroup, "cgroup", "", "cgroup the kubelet moves itself into at start, relative to the one it starts in (a real node's is system.slice/kubelet.service); must not hold the pods'")
 	f.IntVar(&cfg.MaxPods, "max-pods", DefaultMaxPods, "pod capacity of the node")
 	f.DurationVar(&cfg.BackoffBase, "backoff-base", DefaultBackoffBase, "first delay of the restart back-off")
 	f.DurationVar(&cfg.BackoffMax, "backoff-max", DefaultBackoffMax, "longest delay of the restart back-off")

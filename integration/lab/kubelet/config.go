@@ -90,6 +90,13 @@ type Config struct {
 	// the kubelet's own cgroup in each hierarchy. Default "kubepods":
 	// pod cgroups are <own>/kubepods/<qos>/pod<uid>/<container-id>.
 	CgroupParent string
+	// Cgroup, if set, is where the kubelet moves itself first thing,
+	// relative to the cgroup it starts in (in each hierarchy it puts pods
+	// in): a cgroup of its own, next to its pods' and not above them, as
+	// systemd gives a real node's kubelet (system.slice/kubelet.service).
+	// Node agents tell the kubelet's connections apart by it (ztunnel's
+	// probe exemption); pods, host-network ones too, are never in it.
+	Cgroup string
 	// MaxPods is the Node's pod capacity. Default 110.
 	MaxPods int
 
@@ -158,6 +165,12 @@ func (c Config) withDefaults() (Config, error) {
 		c.CgroupParent = DefaultCgroupParent
 	}
 	c.CgroupParent = strings.Trim(filepath.Clean("/"+c.CgroupParent), "/")
+	if c.Cgroup != "" {
+		c.Cgroup = strings.Trim(filepath.Clean("/"+c.Cgroup), "/")
+		if c.Cgroup == c.CgroupParent || strings.HasPrefix(c.CgroupParent+"/", c.Cgroup+"/") {
+			return c, fmt.Errorf("kubelet config: its cgroup %q would hold its pods' (%q)", c.Cgroup, c.CgroupParent)
+		}
+	}
 	if c.MaxPods == 0 {
 		c.MaxPods = DefaultMaxPods
 	}

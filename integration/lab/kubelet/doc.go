@@ -14,9 +14,13 @@
 // (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_INFRA_CONTAINER_ID,
 // K8S_POD_UID) and libcni's cache under <NodeRoot>/var/lib/cni. hostNetwork
 // pods use the kubelet's namespace, the node's. Each pod gets a cgroup
-// named as a real kubelet's cgroupfs layout, under the kubelet's own
-// cgroup in every hierarchy but cpuset:
-// <own>/kubepods/<qos>/pod<uid>/<container-id>.
+// named as a real kubelet's cgroupfs layout, under the cgroup the kubelet
+// started in, in every hierarchy but cpuset:
+// <start>/kubepods/<qos>/pod<uid>/<container-id>. With --cgroup the
+// kubelet first moves itself into a cgroup of its own beside them (the
+// lab's: <start>/<prefix>lab/lab-node-<i>/kubelet), as systemd runs a real
+// node's kubelet in system.slice/kubelet.service: its sockets, probes
+// included, are then told apart from every pod's, host-network or not.
 //
 // # Containers
 //

@@ -66,6 +66,16 @@ func newKubelet(cfg Config) (*Kubelet, error) {
 	if err != nil {
 		return nil, err
 	}
+	// First of all, before the kubelet opens a socket: a socket belongs
+	// to the cgroup its process was in when it was made, and node agents
+	// tell the kubelet's connections apart by it.
+	cg, err := discoverCgroups(cfg.CgroupParent, cfg.Cgroup)
+	if err != nil {
+		return nil, fmt.Errorf("kubelet: %w", err)
+	}
+	if err := cg.join(); err != nil {
+		return nil, fmt.Errorf("kubelet: moving into its own cgroup: %w", err)
+	}
 	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubelet: reading kubeconfig: %w", err)
@@ -73,10 +83,6 @@ func newKubelet(cfg Config) (*Kubelet, error) {
 	restCfg.QPS, restCfg.Burst = 50, 100
 	restCfg.UserAgent = "cairn-lab-kubelet/" + cfg.NodeName
 	client, err := kubernetes.NewForConfig(restCfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubelet: %w", err)
-	}
-	cg, err := discoverCgroups(cfg.CgroupParent)
 	if err != nil {
 		return nil, fmt.Errorf("kubelet: %w", err)
 	}

@@ -261,7 +261,7 @@ func newTestNode(t testing.TB, env *testenv.Env, binDir string) *testNode {
 
 // removeTestCgroups removes the tests' cgroup parent from every hierarchy.
 func removeTestCgroups(t testing.TB) {
-	cg, err := discoverCgroups(testCgroup)
+	cg, err := discoverCgroups(testCgroup, "")
 	if err != nil {
 		t.Errorf("cgroups: %v", err)
 		return

@@ -317,12 +317,24 @@ func resultIPs(res cnitypes.Result) ([]string, error) {
 // cgroup in each: <own>/<parent>/<qos>/pod<uid>/<container-id>.
 type cgroups struct {
 	bases []string // per hierarchy: mount point + own cgroup + parent
+	self  []string // per hierarchy: the cgroup the kubelet moves to (Config.Cgroup), if any
+}
+
+// join moves the kubelet's process into its own cgroups (c.self),
+// creating them.
+func (c *cgroups) join() error {
+	if err := createCgroups(c.self); err != nil {
+		return err
+	}
+	return joinCgroups(c.self)
 }
 
 // discoverCgroups finds the hierarchies the kubelet's process is in.
 // cpuset is left out: its cgroups take no task before cpus and mems are
-// set, and nothing in the lab needs it.
-func discoverCgroups(parent string) (*cgroups, error) {
+// set, and nothing in the lab needs it. Pods go under parent, and the
+// kubelet itself, if self is set, into self; both relative to the cgroup
+// the process is in now.
+func discoverCgroups(parent, self string) (*cgroups, error) {
 	own, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		return nil, fmt.Errorf("reading /proc/self/cgroup: %w", err)
@@ -385,6 +397,9 @@ func discoverCgroups(parent string) (*cgroups, error) {
 		}
 		seen[mp] = true
 		cg.bases = append(cg.bases, filepath.Join(mp, rel, parent))
+		if self != "" {
+			cg.self = append(cg.self, filepath.Join(mp, rel, self))
+		}
 	}
 	if len(cg.bases) == 0 {
 		return nil, errors.New("no cgroup hierarchy found in /proc/self/mountinfo")

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cairnmesh/cairn/internal/version"
+	"github.com/cairnmesh/cairn/ztunnel/capture"
 	"github.com/cairnmesh/cairn/ztunnel/daemon"
 	"github.com/cairnmesh/cairn/ztunnel/hbone"
 	"github.com/cairnmesh/cairn/ztunnel/telemetry"
@@ -48,6 +51,10 @@ L4 AuthorizationPolicies of the destination.
 It installs the cairn-cni plugin on its node, so that new pods are captured
 before their first packet, and captures pods that already run when their
 namespace is labelled istio.io/dataplane-mode=ambient (no restart needed).
+Enrolled pods let nothing from the node through uncaptured but the kubelet's
+probes: ztunnel keeps rules on the node that give the kubelet's connections
+to enrolled pods an address of their own (--probe-sources), telling the
+kubelet apart by its cgroup (--kubelet-cgroup).
 Workloads and policies come from istiod-lite over delta xDS; certificates from
 istiod-lite's CA, one per service account with pods on the node.
 
@@ -112,6 +119,11 @@ ztunnel_hbone_limit_in_use, _max and _refused_total show them.`,
 	f.StringVar(&cfg.AdminAddress, "admin-address", "127.0.0.1:15000", "admin server (/config_dump, /debug/connections, /debug/pprof/)")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", ":15020", "Prometheus metrics server")
 	f.StringVar(&cfg.ReadinessAddress, "readiness-address", ":15021", "readiness server (/healthz/ready)")
+	cfg.ProbeSources = slices.Clone(capture.DefaultProbeSources)
+	f.Var(&addrList{&cfg.ProbeSources}, "probe-sources",
+		"the addresses, one per family, that the node gives the kubelet's probes of enrolled pods; the pods let TCP from them through uncaptured, and nothing else from the node")
+	f.StringVar(&cfg.KubeletCgroup, "kubelet-cgroup", "auto",
+		`how to tell the kubelet's probes apart: "auto" (the cgroup v2 of the socket on the Node's kubelet port), "none" (capture them like any plaintext), or the kubelet's cgroup v2 path (e.g. /system.slice/kubelet.service)`)
 	f.DurationVar(&cfg.DrainHandover, "drain-handover", 3*time.Second, "after SIGTERM, how long the pods' listeners stay open for a new ztunnel to take over")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 20*time.Second, "after the handover, how long open connections may take to finish")
 	f.DurationVar(&cfg.XDSStaleAfter, "xds-stale-after", telemetry.DefaultStaleAfter, "after this long without istiod-lite, readiness (still 200) and the metric cairn_ztunnel_xds_stale say that the workloads and policies in use may be stale")
@@ -212,6 +224,38 @@ func formatBytes(n int64) string {
 	}
 	return strconv.FormatInt(n, 10)
 }
+
+// addrList is a flag of comma-separated IP addresses.
+type addrList struct{ dst *[]netip.Addr }
+
+func (a *addrList) String() string {
+	if a.dst == nil {
+		return ""
+	}
+	parts := make([]string, len(*a.dst))
+	for i, ip := range *a.dst {
+		parts[i] = ip.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func (a *addrList) Set(s string) error {
+	var out []netip.Addr
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(part)
+		if err != nil {
+			return err
+		}
+		out = append(out, ip)
+	}
+	*a.dst = out
+	return nil
+}
+
+func (a *addrList) Type() string { return "addresses" }
 
 func envOr(key, fallback string) string {
 	if v := os.Getenv(key); v != "" {
