@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,50 +75,125 @@ func FuzzAuthorizationPolicy(f *testing.F) {
 		if p.Namespace == "" {
 			p.Namespace = "shop"
 		}
-		a, conds := model.BuildAuthorization(&p, rootNamespace)
-
-		unknown := false
-		for _, r := range p.Spec.Rules {
-			unknown = unknown || ruleHasUnknown(r, p.Namespace)
-		}
-		checkShape(t, &p, a, conds, unknown)
-		if a == nil {
-			return
-		}
-		if err := state.NewStore().Apply(state.AuthorizationTypeURL, map[string]proto.Message{p.Namespace + "/" + p.Name: a}, nil); err != nil {
-			t.Fatalf("ztunnel rejects the translation of %s: %v\nAuthorization: %v", policyJSON, err, a)
-		}
-
-		for _, c := range connections(&p, ns, sa, src, dst, port) {
-			got := authz.Matches(a, c)
-			var want bool
-			var why string
-			switch a.GetAction() {
-			case workloadv1.Action_ALLOW:
-				for i, r := range p.Spec.Rules {
-					if !ruleHasUnknown(r, p.Namespace) && evalRule(r, p.Namespace, c) == yes {
-						want, why = true, fmt.Sprintf("rule %d, which has nothing ztunnel cannot check, matches", i)
-						break
-					}
-				}
-				if !want {
-					why = "no rule that ztunnel can check in full matches"
-				}
-			case workloadv1.Action_DENY:
-				v := no
-				for _, r := range p.Spec.Rules {
-					v = or(v, evalRule(r, p.Namespace, c))
-				}
-				want = v != no
-				why = "the policy read as written " + v.String()
-			}
-			if got != want {
-				t.Fatalf("%s policy %s\nconnection %+v\nztunnel matches: %v; want %v: %s\nAuthorization: %v",
-					a.GetAction(), policyJSON, c, got, want, why, a)
-			}
-			authz.Evaluate([]*workloadv1.Authorization{a}, c)
+		for _, v := range variants(&p) {
+			checkPolicy(t, v, connections(v, ns, sa, src, dst, port))
 		}
 	})
+}
+
+// maxVariants bounds the policies made from one input.
+const maxVariants = 24
+
+// variants returns p, then policies made of one of its parts each: each
+// rule alone; each from, to and when entry alone in a rule; and each field
+// of a source, an operation or a condition alone. A part is then checked
+// where no other part of its rule can hide what it does from the few
+// connections tried.
+func variants(p *securityv1.AuthorizationPolicy) []*securityv1.AuthorizationPolicy {
+	out := []*securityv1.AuthorizationPolicy{p}
+	seen := map[string]bool{}
+	with := func(r securityv1.Rule) {
+		key, _ := json.Marshal(r)
+		if len(out) < maxVariants && !seen[string(key)] {
+			seen[string(key)] = true
+			v := *p
+			v.Spec.Rules = []securityv1.Rule{r}
+			out = append(out, &v)
+		}
+	}
+	if len(p.Spec.Rules) > 1 {
+		for _, r := range p.Spec.Rules {
+			with(r)
+		}
+	}
+	for _, r := range p.Spec.Rules {
+		for _, f := range r.From {
+			if f.Source == nil {
+				continue
+			}
+			for _, s := range singleFields(*f.Source) {
+				with(securityv1.Rule{From: []securityv1.From{{Source: &s}}})
+			}
+		}
+		for _, to := range r.To {
+			if to.Operation == nil {
+				continue
+			}
+			for _, op := range singleFields(*to.Operation) {
+				with(securityv1.Rule{To: []securityv1.To{{Operation: &op}}})
+			}
+		}
+		for _, c := range r.When {
+			with(securityv1.Rule{When: []securityv1.Condition{{Key: c.Key, Values: c.Values}}})
+			with(securityv1.Rule{When: []securityv1.Condition{{Key: c.Key, NotValues: c.NotValues}}})
+		}
+	}
+	return out
+}
+
+// singleFields returns a copy of v (a Source or an Operation, whose fields
+// are all lists of strings) for each field that is set, with that field
+// only.
+func singleFields[T securityv1.Source | securityv1.Operation](v T) []T {
+	var out []T
+	rv := reflect.ValueOf(v)
+	for i := range rv.NumField() {
+		if rv.Field(i).Len() == 0 {
+			continue
+		}
+		var one T
+		reflect.ValueOf(&one).Elem().Field(i).Set(rv.Field(i))
+		out = append(out, one)
+	}
+	return out
+}
+
+// checkPolicy translates p and checks the result against the reference
+// for each connection.
+func checkPolicy(t *testing.T, p *securityv1.AuthorizationPolicy, conns []authz.Conn) {
+	t.Helper()
+	a, conds := model.BuildAuthorization(p, rootNamespace)
+	spec, _ := json.Marshal(p.Spec)
+	unknown := false
+	for _, r := range p.Spec.Rules {
+		unknown = unknown || ruleHasUnknown(r, p.Namespace)
+	}
+	checkShape(t, p, a, conds, unknown)
+	if a == nil {
+		return
+	}
+	if err := state.NewStore().Apply(state.AuthorizationTypeURL, map[string]proto.Message{p.Namespace + "/" + p.Name: a}, nil); err != nil {
+		t.Fatalf("ztunnel rejects the translation of %s: %v\nAuthorization: %v", spec, err, a)
+	}
+	for _, c := range conns {
+		got := authz.Matches(a, c)
+		var want bool
+		var why string
+		switch a.GetAction() {
+		case workloadv1.Action_ALLOW:
+			for i, r := range p.Spec.Rules {
+				if !ruleHasUnknown(r, p.Namespace) && evalRule(r, p.Namespace, c) == yes {
+					want, why = true, fmt.Sprintf("rule %d, which has nothing ztunnel cannot check, matches", i)
+					break
+				}
+			}
+			if !want {
+				why = "no rule that ztunnel can check in full matches"
+			}
+		case workloadv1.Action_DENY:
+			v := no
+			for _, r := range p.Spec.Rules {
+				v = or(v, evalRule(r, p.Namespace, c))
+			}
+			want = v != no
+			why = "the policy read as written " + v.String()
+		}
+		if got != want {
+			t.Fatalf("%s policy in %s: %s\nconnection %+v\nztunnel matches: %v; want %v: %s\nAuthorization: %v",
+				a.GetAction(), p.Namespace, spec, c, got, want, why, a)
+		}
+		authz.Evaluate([]*workloadv1.Authorization{a}, c)
+	}
 }
 
 // checkShape checks everything but the rules.
@@ -447,10 +523,10 @@ func portField(values []string, port uint16, negated bool) tri {
 // it names (and the fuzzed one). Each list is capped, so that one input
 // costs at most a few hundred evaluations.
 func connections(p *securityv1.AuthorizationPolicy, ns, sa string, src, dst []byte, port uint16) []authz.Conn {
-	const maxEach = 6
+	const maxIDs, maxIPs, maxPorts = 12, 12, 6
 	var ids []spiffe.Identity
 	addID := func(id spiffe.Identity, err error) {
-		if err == nil && len(ids) < maxEach && !slices.Contains(ids, id) {
+		if err == nil && len(ids) < maxIDs && !slices.Contains(ids, id) {
 			ids = append(ids, id)
 		}
 	}
@@ -458,7 +534,7 @@ func connections(p *securityv1.AuthorizationPolicy, ns, sa string, src, dst []by
 	addID(spiffe.New("cluster.local", "shop", "web"))
 	var ips []netip.Addr
 	addIP := func(ip netip.Addr) {
-		if ip.IsValid() && len(ips) < 3*maxEach && !slices.Contains(ips, ip) {
+		if ip.IsValid() && len(ips) < maxIPs && !slices.Contains(ips, ip) {
 			ips = append(ips, ip)
 		}
 	}
@@ -470,15 +546,22 @@ func connections(p *securityv1.AuthorizationPolicy, ns, sa string, src, dst []by
 	addIP(netip.MustParseAddr("10.0.0.1"))
 	ports := []uint16{port, 8080}
 
+	// A value is a principal, a namespace or a service account, maybe
+	// with a wildcard: try it as each, with the wildcard filled in a few
+	// ways that make an identity.
+	fillers := []string{"", "x", "cluster.local/ns/shop/sa/", "/sa/" + sa, "cluster.local/ns/" + ns + "/sa/" + sa}
 	strs := func(values []string) {
 		for _, v := range values {
-			v = strings.Trim(strings.TrimPrefix(v, "spiffe://"), "*")
-			addID(spiffe.Parse("spiffe://" + v))
-			addID(spiffe.New("cluster.local", v, sa))
-			if a, b, ok := strings.Cut(v, "/"); ok {
-				addID(spiffe.New("cluster.local", a, b))
-			} else {
-				addID(spiffe.New("cluster.local", p.Namespace, v))
+			v = strings.TrimPrefix(v, "spiffe://")
+			for _, fill := range fillers {
+				v := strings.Replace(v, "*", fill, 1)
+				addID(spiffe.Parse("spiffe://" + v))
+				addID(spiffe.New("cluster.local", v, sa))
+				if a, b, ok := strings.Cut(v, "/"); ok {
+					addID(spiffe.New("cluster.local", a, b))
+				} else {
+					addID(spiffe.New("cluster.local", p.Namespace, v))
+				}
 			}
 		}
 	}
@@ -497,7 +580,7 @@ func connections(p *securityv1.AuthorizationPolicy, ns, sa string, src, dst []by
 	}
 	portsOf := func(values []string) {
 		for _, v := range values {
-			if n, err := strconv.ParseUint(v, 10, 16); err == nil && len(ports) < maxEach {
+			if n, err := strconv.ParseUint(v, 10, 16); err == nil && len(ports) < maxPorts && !slices.Contains(ports, uint16(n)) {
 				ports = append(ports, uint16(n))
 			}
 		}
@@ -543,12 +626,13 @@ func connections(p *securityv1.AuthorizationPolicy, ns, sa string, src, dst []by
 // values that parse and values that do not, and the policies ztunnel
 // leaves to waypoints.
 var policySeeds = []string{
-	`{"metadata":{"name":"l4","namespace":"shop"},"spec":{"selector":{"matchLabels":{"app":"checkout"}},"action":"ALLOW","rules":[{"from":[{"source":{"principals":["cluster.local/ns/shop/sa/frontend","spiffe://cluster.local/ns/ops/sa/*"],"notPrincipals":["*/sa/legacy"],"namespaces":["shop","team-*"],"notNamespaces":["kube-system"],"ipBlocks":["10.0.0.0/8","192.168.1.1"],"notIpBlocks":["10.9.0.0/16"]}},{"source":{"serviceAccounts":["ops/worker","batch"],"notServiceAccounts":["shop/intruder"]}}],"to":[{"operation":{"ports":["8080","9090"],"notPorts":["9091"]}}],"when":[{"key":"source.ip","values":["10.0.0.0/16"],"notValues":["10.0.0.9"]},{"key":"destination.port","values":["8080"]},{"key":"destination.ip","notValues":["fd00::/8"]},{"key":"source.namespace","values":["shop"]},{"key":"source.principal","notValues":["*admin"]}]}]}}`,
+	`{"metadata":{"name":"l4","namespace":"shop"},"spec":{"selector":{"matchLabels":{"app":"checkout"}},"action":"ALLOW","rules":[{"from":[{"source":{"principals":["cluster.local/ns/shop/sa/frontend","spiffe://cluster.local/ns/ops/sa/*"],"notPrincipals":["*/sa/legacy"],"namespaces":["shop","team-*"],"notNamespaces":["kube-system"],"ipBlocks":["10.0.0.0/8","192.168.1.1"],"notIpBlocks":["10.9.0.0/16"]}},{"source":{"serviceAccounts":["ops/worker","batch"],"notServiceAccounts":["shop/intruder"]}}],"to":[{"operation":{"ports":["8080","9090"],"notPorts":["9091"]}}],"when":[{"key":"source.ip","values":["10.0.0.0/16"],"notValues":["10.0.0.9"]},{"key":"destination.port","values":["8080"]},{"key":"destination.ip","notValues":["fd00::/8"]},{"key":"source.namespace","values":["shop","team-*"],"notValues":["*-dev"]},{"key":"source.principal","notValues":["*admin"]}]}]}}`,
 	`{"metadata":{"name":"l7","namespace":"shop"},"spec":{"rules":[{"to":[{"operation":{"methods":["GET"],"paths":["/api/*"],"ports":["8080"]}}]},{"from":[{"source":{"namespaces":["shop"]}}]}]}}`,
 	`{"metadata":{"name":"deny-l7","namespace":"shop"},"spec":{"action":"DENY","rules":[{"from":[{"source":{"requestPrincipals":["issuer/*"],"namespaces":["dev"]}}],"to":[{"operation":{"hosts":["admin.example"],"notPorts":["443"]}}],"when":[{"key":"request.headers[x-user]","values":["root"]}]}]}}`,
 	`{"metadata":{"name":"bad-values","namespace":"shop"},"spec":{"action":"DENY","rules":[{"from":[{"source":{"ipBlocks":["10.0.0.0/33","10.1.0.0/16"],"notIpBlocks":["fe80::1%eth0"]}}],"to":[{"operation":{"ports":["0","http"]}}]},{"when":[{"key":"destination.port","notValues":["65536"]}]}]}}`,
 	`{"metadata":{"name":"bad-allow","namespace":"shop"},"spec":{"rules":[{"from":[{"source":{"ipBlocks":["::ffff:10.0.0.0/104","not-an-ip"]}}]},{"from":[{"source":{"ipBlocks":["::ffff:10.0.0.1","fd00::/120"]}}],"to":[{"operation":{"ports":["22"]}}]}]}}`,
 	`{"metadata":{"name":"v6","namespace":"shop"},"spec":{"rules":[{"from":[{"source":{"ipBlocks":["fd00::1"],"notIpBlocks":["fd00::1:0/112"]}}],"when":[{"key":"destination.ip","values":["fd00::2"]}]}]}}`,
+	`{"metadata":{"name":"port-zero","namespace":"shop"},"spec":{"action":"DENY","rules":[{"to":[{"operation":{"ports":["0"]}}]},{"to":[{"operation":{"notPorts":["22"]}}],"when":[{"key":"destination.port","values":["08080"]}]}]}}`,
 	`{"metadata":{"name":"deny-all","namespace":"shop"},"spec":{"action":"DENY","rules":[{}]}}`,
 	`{"metadata":{"name":"allow-nothing","namespace":"shop"},"spec":{}}`,
 	`{"metadata":{"name":"plaintext","namespace":"istio-system"},"spec":{"action":"DENY","rules":[{"from":[{"source":{"notPrincipals":["*"]}}]}]}}`,
