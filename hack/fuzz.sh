@@ -9,6 +9,10 @@
 #   FUZZ          a regular expression: only targets whose name matches
 #   FUZZPARALLEL  fuzzing processes per target (go test -parallel); the
 #                 default is GOMAXPROCS
+#   FUZZMINIMIZETIME  how long go test minimizes each new input
+#                 (-fuzzminimizetime): 10s by default instead of Go's 60s,
+#                 which a slow target such as FuzzServerConn (a TLS
+#                 handshake per input) would spend most of its time on
 #
 # When a target finds an input that fails, go test writes it to
 # testdata/fuzz/FuzzX/ next to the target, where it stays: commit it with
@@ -45,7 +49,7 @@ summary=()
 while read -r dir target; do
 	log=$out/$target.log
 	echo "== $target (./$dir) for $fuzztime; output in $log"
-	args=(-run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime")
+	args=(-run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" -fuzzminimizetime "${FUZZMINIMIZETIME:-10s}")
 	[ -z "${FUZZPARALLEL:-}" ] || args+=(-parallel "$FUZZPARALLEL")
 	start=$(date +%s)
 	result=ok
