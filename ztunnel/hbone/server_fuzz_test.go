@@ -14,6 +14,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -179,12 +180,15 @@ func (h *fuzzHarness) run(t testing.TB, preface, settle bool, data []byte) []byt
 	}()
 
 	if preface {
-		data = append([]byte(http2.ClientPreface), data...)
+		data = slices.Concat([]byte(http2.ClientPreface), data)
 	}
 	// The server may stop reading and close at any point of the input
 	// (that is one of its answers), so a failed write is no failure.
 	_, err = c.Write(data)
 	if err == nil && settle {
+		// The PING is part of what the server reads: after an
+		// incomplete frame it is read as the rest of that frame.
+		data = slices.Concat(data, settlePingFrame())
 		err = h.settle(c, data, out, readDone)
 	}
 	if err == nil {
@@ -267,6 +271,13 @@ func isConnEnd(err error) bool {
 // settlePing is the payload of the PING that settle sends.
 var settlePing = [8]byte{'s', 'e', 't', 't', 'l', 'e', 'd', '?'}
 
+// settlePingFrame is the PING frame that settle sends.
+func settlePingFrame() []byte {
+	var b bytes.Buffer
+	_ = http2.NewFramer(&b, nil).WritePing(false, settlePing)
+	return b.Bytes()
+}
+
 // Bounds of settle. Reaching them is no failure: a stream may wait for
 // input that the harness does not send, or the machine may be slow.
 const (
@@ -274,16 +285,17 @@ const (
 	settleMax   = 2 * time.Second
 )
 
-// settle lets the server act on the input before the client closes, so
-// that tunnels carry their data to the application and back (closing at
-// once ends them all). It sends a PING after the input and waits for its
+// settle lets the server act on in (the input and settle's PING) before
+// the client closes, so that tunnels carry their data to the application
+// and back (closing at once ends them all). It sends a PING after the
+// input and waits for its
 // acknowledgement, which the server's reader sends only once it has read
 // what came before; then until the server has ended every stream the
 // client ended (the application echoes and closes), or has been quiet for
 // settleQuiet. It returns early if the server ends the connection (putting
 // the read's result back), and after settleMax in any case.
 func (h *fuzzHarness) settle(c *tls.Conn, in []byte, out *limitedBuffer, readDone chan error) error {
-	if err := http2.NewFramer(c, nil).WritePing(false, settlePing); err != nil {
+	if _, err := c.Write(settlePingFrame()); err != nil {
 		return err
 	}
 	var ack bytes.Buffer
