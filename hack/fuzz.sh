@@ -51,9 +51,19 @@ while read -r dir target; do
 	echo "== $target (./$dir) for $fuzztime; output in $log"
 	args=(-run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" -fuzzminimizetime "${FUZZMINIMIZETIME:-10s}")
 	[ -z "${FUZZPARALLEL:-}" ] || args+=(-parallel "$FUZZPARALLEL")
+	corpus=$dir/testdata/fuzz/$target
+	before=$(ls "$corpus" 2>/dev/null || true)
 	start=$(date +%s)
 	result=ok
 	go test "${args[@]}" "./$dir" >"$log" 2>&1 || result=FAIL
+	# Go 1.26's fuzzing coordinator may fail a run that ends at -fuzztime
+	# with a bare "context deadline exceeded" and no input (a race in
+	# internal/fuzz, go.dev/issue/75804, fixed in Go 1.27). That is no
+	# finding: recorded, but not a failure, when no new input was written.
+	if [ "$result" = FAIL ] && [ "$(ls "$corpus" 2>/dev/null || true)" = "$before" ] &&
+		grep -qE '^[[:space:]]+context deadline exceeded$' "$log"; then
+		result=ok-deadline-race
+	fi
 	elapsed=$(($(date +%s) - start))s
 	# go test's last progress line: "fuzz: elapsed: 10m0s, execs: 123 (..), new interesting: 4 (total: 20)"
 	last=$(grep -E '^fuzz: elapsed: .*execs: ' "$log" | tail -n1 || true)
