@@ -290,10 +290,10 @@ const (
 // and back (closing at once ends them all). It sends a PING after the
 // input and waits for its
 // acknowledgement, which the server's reader sends only once it has read
-// what came before; then until the server has ended every stream the
-// client ended (the application echoes and closes), or has been quiet for
-// settleQuiet. It returns early if the server ends the connection (putting
-// the read's result back), and after settleMax in any case.
+// what came before, and then until the server has ended every stream the
+// client ended (the application echoes and closes). It stops waiting when
+// the server has been quiet for settleQuiet, when it ends the connection
+// (putting the read's result back), and after settleMax in any case.
 func (h *fuzzHarness) settle(c *tls.Conn, in []byte, out *limitedBuffer, readDone chan error) error {
 	if _, err := c.Write(settlePingFrame()); err != nil {
 		return err
@@ -304,7 +304,7 @@ func (h *fuzzHarness) settle(c *tls.Conn, in []byte, out *limitedBuffer, readDon
 	}
 	clientEnded := clientStreams(in).ended
 	deadline := time.Now().Add(settleMax)
-	acked, size, quietSince := false, -1, time.Now()
+	acked, size, quietSince := false, out.Len(), time.Now()
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-readDone:
@@ -312,10 +312,8 @@ func (h *fuzzHarness) settle(c *tls.Conn, in []byte, out *limitedBuffer, readDon
 			return nil
 		case <-time.After(time.Millisecond):
 		}
-		if !acked {
-			acked = out.Contains(ack.Bytes())
-			continue
-		}
+		// Quiet for settleQuiet, acknowledged or not (a server that
+		// waits for the rest of a frame never acknowledges): done.
 		n := out.Len()
 		if n == size {
 			if time.Since(quietSince) >= settleQuiet {
@@ -324,6 +322,9 @@ func (h *fuzzHarness) settle(c *tls.Conn, in []byte, out *limitedBuffer, readDon
 			continue
 		}
 		size, quietSince = n, time.Now()
+		if acked = acked || out.Contains(ack.Bytes()); !acked {
+			continue
+		}
 		serverEnded := serverStreams(out.Bytes())
 		done := true
 		for id := range clientEnded {
