@@ -9,6 +9,7 @@
 #   make k8s-bins   etcd and the Kubernetes binaries for tests, into bin/k8s
 #   make demo       the lab with a sample application, then the mesh (istiod-lite, ztunnel)
 #   make bench      Go benchmarks (speed and memory targets)
+#   make fuzz       every Go fuzz target in turn, FUZZTIME (10m) each; crashers stay in testdata/fuzz/
 
 SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
@@ -130,6 +131,16 @@ test-unit: deps tools
 bench: deps tools k8s-bins lab-bins
 	K8S_ASSETS=$(K8S_BIN) $(GO) test -run '^$$' -bench . -benchtime 10x \
 	  $$(grep -rl --include='*_test.go' '^func Benchmark' . | xargs -r -n1 dirname | sort -u)
+
+# Fuzzing: hack/fuzz.sh runs each target (func FuzzX in a *_fuzz_test.go)
+# for FUZZTIME; FUZZ=<regexp> picks targets, FUZZPARALLEL sets the
+# processes per target. An input that fails is kept in testdata/fuzz/FuzzX/
+# next to the target, where `make test` runs it from then on with the seed
+# corpus. Logs and the record of runs go to bin/fuzz/.
+FUZZTIME ?= 10m
+.PHONY: fuzz
+fuzz:
+	FUZZTIME=$(FUZZTIME) hack/fuzz.sh
 
 .PHONY: lint
 lint: $(TOOLS)/.staticcheck-$(STATICCHECK_VERSION)

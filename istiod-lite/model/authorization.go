@@ -318,6 +318,13 @@ func parseCIDR(v string) (netip.Prefix, error) {
 	if err != nil {
 		return netip.Prefix{}, err
 	}
+	if ip.Zone() != "" {
+		// netip takes "fe80::1%eth0" as an address; a policy cannot mean
+		// "this address on some node's link eth0", and the zone would be
+		// lost on the way to ztunnel, which would match the address from
+		// anywhere.
+		return netip.Prefix{}, fmt.Errorf("%q has an IPv6 zone", v)
+	}
 	ip = ip.Unmap()
 	return netip.PrefixFrom(ip, ip.BitLen()), nil
 }

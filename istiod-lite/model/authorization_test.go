@@ -207,6 +207,7 @@ func TestBuildAuthorizationUnsupported(t *testing.T) {
 			{Source: &securityv1.Source{Namespaces: []string{"dev"}}}, {Source: &securityv1.Source{RequestPrincipals: []string{"*"}}},
 		}}, "requestPrincipals", &workloadv1.Rule{}},
 		{"bad ip drops the field", from(securityv1.Source{Namespaces: []string{"dev"}, IPBlocks: []string{"10.0.0.0/8", "x"}}), `"x"`, oneMatch(ns)},
+		{"ip with a zone", from(securityv1.Source{Namespaces: []string{"dev"}, NotIPBlocks: []string{"fe80::1%eth0"}}), `"fe80::1%eth0"`, oneMatch(ns)},
 		{"bad port drops the field", securityv1.Rule{
 			From: []securityv1.From{{Source: &securityv1.Source{Namespaces: []string{"dev"}}}},
 			To:   []securityv1.To{{Operation: &securityv1.Operation{NotPorts: []string{"http"}}}},
