@@ -41,6 +41,13 @@ func TestMain(m *testing.M) {
 //
 //	listen <addr>   listens on addr (host:port), says "ready", waits for stdin to close
 //	dial <dst>      connects, says "ok <local address>" or "err ...", and closes
+//	apply-in-container <netns> <dir>
+//	                in a mount namespace of its own (the caller's clone
+//	                flags) where /proc/sys is read-only, as a container's,
+//	                applies the default rules to the pod at <netns>
+//	                writing sysctls through <dir> (a writable bind of
+//	                /proc/sys/net it makes; "-" for the default), and says
+//	                "ok" or "err ..."
 func helper(mode string) int {
 	role, arg, _ := strings.Cut(mode, " ")
 	switch role {
@@ -54,6 +61,8 @@ func helper(mode string) int {
 		fmt.Println("ready")
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		return 0
+	case "apply-in-container":
+		return applyInContainer(arg)
 	case "dial":
 		c, err := net.DialTimeout("tcp", arg, 3*time.Second)
 		if err != nil {

@@ -57,6 +57,7 @@ type Config struct {
 
 	NetnsDir          string // the node's /var/run/netns, as mounted
 	ProcDir           string // the node's /proc, as mounted
+	SysctlDir         string // the node's /proc/sys/net, as mounted (writable)
 	CNISocket         string // our socket, as mounted
 	CNISocketHostPath string // the hostPath path of the socket's file
 	CNIBinDir         string // the node's CNI bin dir, as mounted
@@ -172,7 +173,7 @@ func Run(ctx context.Context, cfg Config) error {
 			WriteTimeout: cfg.WriteTimeout, Limiter: limiter, HBONE: cfg.HBONE,
 		},
 		Identities: identities{mgr}, TrustDomain: cfg.TrustDomain, NetnsDir: cfg.NetnsDir,
-		IPTables:     capture.IPTables{Log: log.With("component", "iptables")},
+		IPTables:     capture.IPTables{Sysctls: capture.Sysctls{Dir: cfg.SysctlDir}, Log: log.With("component", "iptables")},
 		ProbeSources: cfg.ProbeSources, Probes: probes,
 		Log: log.With("component", "enroll"),
 	})
