@@ -142,7 +142,9 @@ func (k *Kubelet) procPath(pid int, name string) string {
 
 // process returns the process that holds one of the sockets inodes: the
 // one found last time if it still does, or the first the node's /proc
-// shows among the processes of the calling thread's network namespace.
+// shows. The processes whose main thread is in the calling thread's
+// network namespace (the node's) are looked at first, then the others: a
+// process's threads may be in other namespaces than its main thread.
 func (k *Kubelet) process(inodes []uint64) (int, error) {
 	k.mu.Lock()
 	pid, start := k.last.pid, k.last.start
@@ -158,15 +160,20 @@ func (k *Kubelet) process(inodes []uint64) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("listing the node's processes: %w", err)
 	}
+	var node, others []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid <= 0 {
 			continue
 		}
 		var st unix.Stat_t
-		if unix.Stat(k.procPath(pid, "ns/net"), &st) != nil || st.Dev != self.Dev || st.Ino != self.Ino {
-			continue // gone, or not on the node's network
+		if unix.Stat(k.procPath(pid, "ns/net"), &st) == nil && st.Dev == self.Dev && st.Ino == self.Ino {
+			node = append(node, pid)
+		} else {
+			others = append(others, pid)
 		}
+	}
+	for _, pid := range slices.Concat(node, others) {
 		if holdsSocket(k.procPath(pid, "fd"), inodes) {
 			k.mu.Lock()
 			k.last.pid, k.last.start = pid, procStart(k.procPath(pid, "stat"))
