@@ -10,7 +10,7 @@ import (
 
 // DefaultSysctlDir is the directory of network sysctls where the process
 // runs on the node itself. ztunnel's DaemonSet mounts the node's
-// /proc/sys/net (a hostPath volume) instead, at /host/proc/sys/net: a
+// /proc/sys/net (a hostPath volume) instead, at /host/proc-sys-net: a
 // container that is not privileged has /proc/sys read-only, as runc
 // mounts it.
 const DefaultSysctlDir = "/proc/sys/net"
