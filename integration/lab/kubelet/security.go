@@ -152,9 +152,7 @@ func securityOf(pod *corev1.Pod, c *corev1.Container, cgroupV2 bool) (securitySp
 		}
 		return securitySpec{}, fmt.Errorf("container's runAsUser breaks non-root policy (pod: %q, container: %s)", pod.Namespace+"/"+pod.Name, c.Name)
 	}
-	for _, g := range psc.SupplementalGroups {
-		s.Groups = append(s.Groups, g)
-	}
+	s.Groups = append(s.Groups, psc.SupplementalGroups...)
 	if psc.FSGroup != nil {
 		s.Groups = append(s.Groups, *psc.FSGroup)
 	}
