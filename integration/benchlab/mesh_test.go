@@ -3,6 +3,7 @@ package benchlab
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -62,9 +63,17 @@ func installMesh(ctx context.Context) ([]corev1.Pod, error) {
 // captured says whether a pod's network namespace has Cairn's capture
 // rules.
 func captured(ctx context.Context, p podRef) (bool, error) {
-	out, err := p.exec(ctx, "iptables-save", "-t", "nat")
+	h, err := podNetns(ctx, p)
 	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	var out []byte
+	if err := h.Do(func() error {
+		out, err = exec.CommandContext(ctx, "iptables-save", "-t", "nat").Output()
+		return err
+	}); err != nil {
 		return false, fmt.Errorf("iptables-save in %s/%s: %w", p.ns, p.name, err)
 	}
-	return strings.Contains(out, "CAIRN_"), nil
+	return strings.Contains(string(out), "CAIRN_"), nil
 }

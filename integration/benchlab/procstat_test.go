@@ -2,6 +2,7 @@ package benchlab
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"slices"
@@ -10,8 +11,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/cairnmesh/cairn/integration/lab/hostos"
+	"github.com/cairnmesh/cairn/internal/netns"
 )
 
 // userHZ is the unit of utime and stime in /proc/<pid>/stat (USER_HZ):
@@ -125,3 +128,20 @@ func firstOr(f []string) string {
 
 // mb converts bytes to MiB, the unit the report calls MB.
 func mb(b int64) float64 { return float64(b) / (1 << 20) }
+
+// podNetns opens the network namespace of a pod's processes, from the
+// node: what the harness does there (reading the capture rules, tuning
+// the load generators' sysctls) needs what the pods themselves are not
+// given (NET_ADMIN, a writable /proc/sys).
+func podNetns(ctx context.Context, p podRef) (*netns.Handle, error) {
+	pod, err := client.CoreV1().Pods(p.ns).Get(ctx, p.name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	for _, pid := range hostos.CgroupPIDs(cfg.PodCgroups(string(pod.UID))...) {
+		if h, err := netns.Open(fmt.Sprintf("/proc/%d/ns/net", pid)); err == nil {
+			return h, nil
+		}
+	}
+	return nil, fmt.Errorf("pod %s/%s: no process", p.ns, p.name)
+}

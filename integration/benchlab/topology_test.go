@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"time"
 
@@ -157,10 +158,20 @@ func setup(ctx context.Context) ([]mode, error) {
 // wide ephemeral port range and reuse of TIME_WAIT ports for new
 // outgoing connections, so thousands of new connections per second over
 // several rounds do not run out of ports. Network sysctls are per
-// namespace: the host's stay as they are.
+// namespace: the host's stay as they are. The harness sets them from
+// the node: a pod's /proc/sys is read-only (on a real cluster they would
+// be the pod's securityContext.sysctls).
 func tune(ctx context.Context, p podRef) error {
-	if _, err := p.exec(ctx, "sh", "-c",
-		"echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse && echo '1024 65000' > /proc/sys/net/ipv4/ip_local_port_range"); err != nil {
+	h, err := podNetns(ctx, p)
+	if err != nil {
+		return fmt.Errorf("tuning %s/%s: %w", p.ns, p.name, err)
+	}
+	defer h.Close()
+	if err := h.Do(func() error {
+		return errors.Join(
+			os.WriteFile("/proc/sys/net/ipv4/tcp_tw_reuse", []byte("1"), 0o644),
+			os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("1024 65000"), 0o644))
+	}); err != nil {
 		return fmt.Errorf("tuning %s/%s: %w", p.ns, p.name, err)
 	}
 	return nil

@@ -43,7 +43,7 @@ func podNetnsName(t *testing.T, ns, pod string, i int) string {
 }
 
 // TestRestartedZtunnelServesThePodsOwnNetns: an impostor pod on the
-// victim's node (pods in the lab have NET_ADMIN), in a network namespace
+// victim's node (with NET_ADMIN, which it asks for), in a network namespace
 // whose name sorts before the victim's, puts the victim's IP on its
 // loopback. After a ztunnel restart, when the running pods are found
 // without cairn-cni, the victim's listeners and identity are in the
@@ -63,7 +63,10 @@ spec:
   nodeName: %[2]s
   terminationGracePeriodSeconds: 1
   containers:
-  - {name: echo, image: "cairn/echoserver:latest", ports: [{name: http, containerPort: 8080}]}
+  - name: echo
+    image: cairn/echoserver:latest
+    ports: [{name: http, containerPort: 8080}]
+    securityContext: {capabilities: {add: [NET_ADMIN]}}
 `, name, lab.NodeName(node))
 	}
 	apply(t, ns, pod("pod-0", 1)+"---"+pod("pod-1", 1)+"---"+pod("client", 2))
@@ -85,8 +88,22 @@ spec:
 	}
 	// Quietly: with arp_ignore the impostor does not answer the bridge's
 	// ARP for the victim's address (which would only break the victim's
-	// traffic, not give the impostor its identity).
-	if _, err := execIn(t, ns, impostorName, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore && ip addr add "+victim.Status.PodIP+"/32 dev lo"); err != nil {
+	// traffic, not give the impostor its identity). Its /proc/sys is
+	// read-only, as in any container; with NET_ADMIN it could set the
+	// same through netlink (IFLA_INET_CONF), which no tool in the lab
+	// does, so the test sets it from the node.
+	var impostorPod corev1.Pod
+	for _, p := range running {
+		if p.Name == impostorName {
+			impostorPod = p
+		}
+	}
+	if err := podNetns(t, impostorPod).Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/conf/all/arp_ignore", []byte("1"), 0o644)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := execIn(t, ns, impostorName, "ip", "addr", "add", victim.Status.PodIP+"/32", "dev", "lo"); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("victim %s in %s, the impostor %s holding %s on its loopback in %s", victimName, victimNetns, impostorName, victim.Status.PodIP, impostor)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -123,13 +124,22 @@ func enroll(t *testing.T, ns string) {
 }
 
 // captured says whether a pod's network namespace has Cairn's rules.
+// The test reads them from the node, in the pod's namespace: the pod
+// itself has no NET_ADMIN to run iptables-save with.
 func captured(t *testing.T, ns, pod string) bool {
 	t.Helper()
-	out, err := execIn(t, ns, pod, "iptables-save", "-t", "nat")
+	p, err := client.CoreV1().Pods(ns).Get(testContext(t), pod, metav1.GetOptions{})
 	if err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	if err := podNetns(t, *p).Do(func() error {
+		out, err = exec.CommandContext(testContext(t), "iptables-save", "-t", "nat").Output()
+		return err
+	}); err != nil {
 		t.Fatalf("iptables-save in %s/%s: %v", ns, pod, err)
 	}
-	return strings.Contains(out, "CAIRN_")
+	return strings.Contains(string(out), "CAIRN_")
 }
 
 // ztunnelLogs returns a ztunnel pod's standard output (access log) and

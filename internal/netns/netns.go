@@ -16,6 +16,13 @@
 // Socket is the cheap special case for connections: it only creates the
 // socket inside, and the caller binds, connects and waits on it from its
 // own goroutine.
+//
+// A cgroup namespace belongs to a thread too, and decides how cgroup
+// paths read: in /proc/<pid>/cgroup, and the paths the kernel resolves
+// for a process (iptables' cgroup match resolves --path from the root of
+// the cgroup namespace of the process that installs the rule). OpenCgroup
+// opens one, and Do runs code in a network and a cgroup namespace at
+// once.
 package netns
 
 import (
@@ -32,12 +39,34 @@ import (
 // in another namespace than the thread that asks.
 const threadSelf = "/proc/thread-self/ns/net"
 
-// Handle is an open network namespace. Holding the file keeps the namespace
-// alive and pins which namespace it is: if the path is unmounted and a new
-// namespace is mounted there, the Handle still refers to the old one, so a
-// pod's rules, listeners and connections all land in the same namespace.
+// Handle is an open network namespace (or, from OpenCgroup, a cgroup
+// namespace). Holding the file keeps the namespace alive and pins which
+// namespace it is: if the path is unmounted and a new namespace is mounted
+// there, the Handle still refers to the old one, so a pod's rules,
+// listeners and connections all land in the same namespace.
 type Handle struct {
 	file *os.File
+	kind int // unix.CLONE_NEWNET or unix.CLONE_NEWCGROUP
+}
+
+// OpenCgroup opens the cgroup namespace at path (/proc/<pid>/ns/cgroup;
+// opening another process's needs ptrace access to it). Only Do may use
+// the Handle: it has no sockets.
+func OpenCgroup(path string) (*Handle, error) {
+	h, err := Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening cgroup namespace: %w", err)
+	}
+	h.kind = unix.CLONE_NEWCGROUP
+	return h, nil
+}
+
+// threadSelfOf names the calling thread's own namespace of kind.
+func threadSelfOf(kind int) string {
+	if kind == unix.CLONE_NEWCGROUP {
+		return "/proc/thread-self/ns/cgroup"
+	}
+	return threadSelf
 }
 
 // Open opens the network namespace at path (for example
@@ -60,7 +89,7 @@ func Open(path string) (*Handle, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s is not a namespace file", path)
 	}
-	return &Handle{file: f}, nil
+	return &Handle{file: f, kind: unix.CLONE_NEWNET}, nil
 }
 
 // Close releases the namespace; it is destroyed once nothing else (a
@@ -82,7 +111,12 @@ func (h *Handle) String() string { return h.file.Name() }
 // the Go runtime terminate the thread instead of reusing it: no other
 // goroutine ever runs in a namespace it did not ask for. A panic in fn is
 // re-raised in the caller's goroutine after the same clean-up.
-func (h *Handle) Do(fn func() error) error {
+func (h *Handle) Do(fn func() error) error { return Do(fn, h) }
+
+// Do runs fn as Handle.Do does, on a thread inside every namespace of hs
+// at once (a network and a cgroup namespace, say; nil entries are
+// skipped). The thread enters them in order and leaves them in reverse.
+func Do(fn func() error, hs ...*Handle) error {
 	type result struct {
 		err      error
 		panicked bool
@@ -96,31 +130,50 @@ func (h *Handle) Do(fn func() error) error {
 		var res result
 		defer func() { done <- res }()
 
-		orig, err := unix.Open(threadSelf, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			res.err = fmt.Errorf("opening this thread's network namespace: %w", err)
-			return
+		// entered holds, for each namespace entered, the thread's own
+		// namespace of that kind to go back to.
+		type back struct {
+			fd   int
+			kind int
 		}
-		defer unix.Close(orig)
-		if err := h.setns(); err != nil {
-			// setns either switched or did not; it never leaves the thread
-			// half-way. Put it back anyway to be sure before unlocking.
-			if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+		var entered []back
+		// leave goes back, in reverse, and unlocks the thread only if
+		// every step back worked.
+		leave := func() error {
+			var errs []error
+			for i := len(entered) - 1; i >= 0; i-- {
+				if err := unix.Setns(entered[i].fd, entered[i].kind); err != nil {
+					errs = append(errs, fmt.Errorf("returning to the thread's own namespace (thread discarded): %w", err))
+				}
+				unix.Close(entered[i].fd)
+			}
+			entered = nil
+			if len(errs) == 0 {
 				runtime.UnlockOSThread()
 			}
-			res.err = err
-			return
+			return errors.Join(errs...)
 		}
-		defer func() {
-			if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-				// Stay locked: the runtime discards the thread when this
-				// goroutine ends.
-				res.err = errors.Join(res.err,
-					fmt.Errorf("returning from network namespace %s (thread discarded): %w", h, err))
+		for _, h := range hs {
+			if h == nil {
+				continue
+			}
+			orig, err := unix.Open(threadSelfOf(h.kind), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				res.err = errors.Join(fmt.Errorf("opening this thread's namespace: %w", err), leave())
 				return
 			}
-			runtime.UnlockOSThread()
+			entered = append(entered, back{orig, h.kind})
+			if err := h.setns(); err != nil {
+				// setns either switched or did not; it never leaves the
+				// thread half-way. Go back anyway to be sure.
+				res.err = errors.Join(err, leave())
+				return
+			}
+		}
+		defer func() {
+			if err := leave(); err != nil {
+				res.err = errors.Join(res.err, err)
+			}
 		}()
 		defer func() {
 			if v := recover(); v != nil {
@@ -145,7 +198,7 @@ func (h *Handle) setns() error {
 		return fmt.Errorf("entering network namespace %s: %w", h, err)
 	}
 	var serr error
-	if err := raw.Control(func(fd uintptr) { serr = unix.Setns(int(fd), unix.CLONE_NEWNET) }); err != nil {
+	if err := raw.Control(func(fd uintptr) { serr = unix.Setns(int(fd), h.kind) }); err != nil {
 		return fmt.Errorf("entering network namespace %s: %w", h, err)
 	}
 	if serr != nil {

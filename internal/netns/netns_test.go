@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -164,4 +166,118 @@ func TestDoReraisesPanics(t *testing.T) {
 	}()
 	_ = ns.Handle.Do(func() error { panic("boom") })
 	t.Error("Do returned after a panic in fn")
+}
+
+// TestDoInNetworkAndCgroupNamespace: Do enters a network and a cgroup
+// namespace at once. In the cgroup namespace of a process rooted at a
+// cgroup of its own, that process's cgroup reads as the root, and the
+// thread sees it so only inside; afterwards no thread of the process is
+// left in either namespace.
+func TestDoInNetworkAndCgroupNamespace(t *testing.T) {
+	netnstest.Require(t, "unshare", "sleep")
+	mount := cgroup2Mount(t)
+	dir, err := os.MkdirTemp(mount, "cairn-netns-")
+	if err != nil {
+		t.Skipf("cannot make a cgroup: %v", err)
+	}
+	cg, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	// A process that moved into dir and then made a cgroup namespace
+	// there, whose root is dir.
+	cmd := exec.Command("unshare", "--cgroup", "sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		_ = unix.Rmdir(dir)
+	})
+	procCgroup := fmt.Sprintf("/proc/%d/cgroup", cmd.Process.Pid)
+	var cgns *netns.Handle
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		// Wait for unshare to have made the namespace (its own differs
+		// from ours).
+		own, _ := os.Readlink("/proc/self/ns/cgroup")
+		if other, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/cgroup", cmd.Process.Pid)); other != "" && other != own {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("unshare made no cgroup namespace")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if cgns, err = netns.OpenCgroup(fmt.Sprintf("/proc/%d/ns/cgroup", cmd.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	defer cgns.Close()
+	ns := netnstest.New(t, "cairn-netns")
+
+	outside := readLine0(t, procCgroup)
+	if outside == "0::/" {
+		t.Fatalf("the helper's cgroup reads as the root outside its namespace: %q", outside)
+	}
+	var inside, netInside string
+	if err := netns.Do(func() error {
+		inside = readLine0(t, procCgroup)
+		netInside = nsID(t, "/proc/thread-self/ns/net")
+		return nil
+	}, ns.Handle, cgns); err != nil {
+		t.Fatal(err)
+	}
+	if inside != "0::/" {
+		t.Errorf("inside the helper's cgroup namespace its cgroup reads %q, want 0::/", inside)
+	}
+	if netInside != nsID(t, ns.Path) {
+		t.Errorf("inside Do the thread is in %s, want the test namespace %s", netInside, nsID(t, ns.Path))
+	}
+	// Every thread is back: many calls later, none reads the helper's
+	// cgroup as the root.
+	for range 20 {
+		if got := readLine0(t, procCgroup); got != outside {
+			t.Fatalf("after Do a thread reads %q, want %q", got, outside)
+		}
+	}
+	if _, err := cgns.Socket(unix.AF_INET, unix.SOCK_STREAM, 0); err == nil {
+		t.Error("a socket in a cgroup namespace")
+	}
+}
+
+// readLine0 returns the cgroup v2 line ("0::...") of a /proc/<pid>/cgroup
+// file, as the calling thread reads it.
+func readLine0(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "0::") {
+			return line
+		}
+	}
+	t.Fatalf("%s has no cgroup v2 line:\n%s", path, data)
+	return ""
+}
+
+// cgroup2Mount returns where the cgroup v2 hierarchy is mounted.
+func cgroup2Mount(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if f := strings.Fields(pre); ok && len(f) >= 5 && strings.HasPrefix(post, "cgroup2 ") {
+			return f[4]
+		}
+	}
+	t.Skip("no cgroup v2 hierarchy")
+	return ""
 }

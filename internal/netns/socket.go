@@ -42,6 +42,9 @@ import (
 // handshake itself (see capture's BenchmarkDialerInNamespace), so the
 // design that is correct in every case won.
 func (h *Handle) Socket(domain, typ, proto int) (int, error) {
+	if h.kind != unix.CLONE_NEWNET {
+		return -1, fmt.Errorf("%s is not a network namespace", h)
+	}
 	type result struct {
 		fd  int
 		err error

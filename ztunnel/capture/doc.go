@@ -55,7 +55,12 @@
 //
 // Loose pickup is also a way around the redirect, so Apply turns it off
 // in the pod (net.netfilter.nf_conntrack_tcp_loose=0, a per-namespace
-// sysctl; Remove turns it back on). A client with CAP_NET_RAW, which
+// sysctl; Remove turns it back on), and leaves the pod without rules
+// (ErrLoosePickup) if it cannot: rules with loose pickup on would look
+// like capture and not be. ztunnel's container has /proc/sys read-only,
+// so the sysctl is written through the node's /proc/sys/net mounted
+// elsewhere (Sysctls), from a thread inside the pod's namespace, which is
+// the namespace such a file stands for. A client with CAP_NET_RAW, which
 // pods have by default, sends the pod an ACK for a connection that never
 // started; conntrack takes it for the middle of one and makes an entry,
 // which nat, seeing it first in the middle, leaves untranslated. If
@@ -132,11 +137,15 @@
 // the addresses of enrolled pods (an ipset per family, ProbeSetName), and
 // drop packets that carry it anywhere else: arriving from off the node
 // (a pod forging it; bridged frames pass the same hooks) or leaving a
-// local socket bound to it. The kubelet is found by its port
-// (KubeletCgroup): the socket listening there names its cgroup, which on
-// a real node is the kubelet's alone (system.slice/kubelet.service under
-// systemd), and never a pod's, host-network pods included; a cgroup that
-// would cover more (the root one, one with children) is refused. If the
+// local socket bound to it. The kubelet is found by its port (Kubelet):
+// the socket listening there names its cgroup, which on a real node is
+// the kubelet's alone (system.slice/kubelet.service under systemd), and
+// never a pod's, host-network pods included; a cgroup that would cover
+// more (the root one, one with children) is refused. The cgroup's path
+// is read in the kubelet's own cgroup namespace, through the process
+// that holds the socket, and the rule is installed from a thread in that
+// namespace: the kernel resolves the cgroup match's path there, and
+// ztunnel's own, in a container, is rooted at its own cgroup. If the
 // kubelet's cgroup cannot be found, nothing gets the probe source and
 // probes are captured like any other plaintext (they fail under STRICT):
 // safe, and said in ztunnel's log.

@@ -33,10 +33,20 @@ type Commands struct {
 type IPTables struct {
 	IPv4 Commands // default iptables-save, iptables-restore
 	IPv6 Commands // default ip6tables-save, ip6tables-restore
+	// Sysctls writes the pod's conntrack sysctl (see Apply): through the
+	// node's /proc/sys/net as mounted, since a container's own
+	// /proc/sys is read-only.
+	Sysctls Sysctls
 	// Log gets one line per change and the scripts at debug level;
 	// discarded if nil.
 	Log *slog.Logger
 }
+
+// ErrLoosePickup is wrapped by Apply's error when it cannot turn
+// conntrack's loose pickup off in the pod: without that, a client with
+// CAP_NET_RAW can open a way past the rules (see the package doc), so
+// Apply leaves no rule in the pod and the pod must stay out of the mesh.
+var ErrLoosePickup = errors.New("conntrack's loose pickup cannot be turned off in the pod")
 
 // lockWait bounds how long iptables-restore waits for the xtables lock.
 // Only the legacy backend has the lock, and it is one file for the whole
@@ -46,10 +56,11 @@ const lockWait = "--wait=10"
 // Apply installs the rules for o in ns: the capture rules for each family
 // of o's pod IPs, and rules that refuse TCP for the other family (unless
 // the kernel has no IPv6 at all). It also turns off conntrack's loose
-// pickup of TCP in ns (see the package doc, "Only SYNs"). It can be called
-// again with the same or different options: each call leaves exactly the
-// rules of the options it was given, and connections already going
-// through ztunnel keep going.
+// pickup of TCP in ns (see the package doc, "Only SYNs"); if it cannot,
+// it leaves ns without rules and returns an error that wraps
+// ErrLoosePickup. It can be called again with the same or different
+// options: each call leaves exactly the rules of the options it was
+// given, and connections already going through ztunnel keep going.
 func (t *IPTables) Apply(ctx context.Context, ns *netns.Handle, o Options) error {
 	if err := o.Validate(); err != nil {
 		return fmt.Errorf("capture options: %w", err)
@@ -64,9 +75,13 @@ func (t *IPTables) Apply(ctx context.Context, ns *netns.Handle, o Options) error
 	}
 	return ns.Do(func() error {
 		// Before the rules, so that no connection is picked up loose
-		// once they are in, and again after them: the sysctl appears
-		// only once conntrack is loaded, which the rules may do.
-		_ = setLoosePickup(false)
+		// once they are in, and so that a namespace where it cannot be
+		// set gets no rules at all. The sysctl appears only once
+		// conntrack is loaded, which the rules may do: then it is set
+		// right after them.
+		if err := t.setLoosePickup(false); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("capture in %s: %w: %w", ns, ErrLoosePickup, err)
+		}
 		for _, rs := range sets {
 			if rs.Family == IPv6 && !kernelHasIPv6() {
 				t.log().Debug("capture: the kernel has no IPv6, no ip6tables rules", "netns", ns.Path())
@@ -76,16 +91,24 @@ func (t *IPTables) Apply(ctx context.Context, ns *netns.Handle, o Options) error
 				return err
 			}
 		}
-		if err := setLoosePickup(false); err != nil {
-			return fmt.Errorf("capture in %s: %w", ns, err)
+		if err := t.setLoosePickup(false); err != nil {
+			// The rules without it would be a way around them: take
+			// them out again.
+			var undo []error
+			for _, f := range AllFamilies {
+				if err := t.reconcile(ctx, ns, f, Ruleset{Family: f}); err != nil && !errors.Is(err, exec.ErrNotFound) {
+					undo = append(undo, err)
+				}
+			}
+			return errors.Join(fmt.Errorf("capture in %s: %w: %w", ns, ErrLoosePickup, err), errors.Join(undo...))
 		}
 		return nil
 	})
 }
 
 // loosePickup is the per-namespace switch of conntrack's loose pickup
-// of TCP connections it did not see start.
-const loosePickup = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"
+// of TCP connections it did not see start, below net/.
+const loosePickup = "netfilter/nf_conntrack_tcp_loose"
 
 // setLoosePickup turns conntrack's loose TCP pickup on (the kernel's
 // default) or off in the namespace of the calling thread. With it on, a
@@ -95,15 +118,12 @@ const loosePickup = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"
 // SYN from the same address and port then reuses the entry and reaches
 // the app without the redirect. With it off such packets are invalid and
 // make no entry; only a SYN starts one.
-func setLoosePickup(on bool) error {
+func (t *IPTables) setLoosePickup(on bool) error {
 	v := "0"
 	if on {
 		v = "1"
 	}
-	if err := os.WriteFile(loosePickup, []byte(v), 0o644); err != nil {
-		return fmt.Errorf("setting %s to %s: %w", loosePickup, v, err)
-	}
-	return nil
+	return t.Sysctls.Set(loosePickup, v)
 }
 
 // kernelHasIPv6 says whether the calling thread's namespace has IPv6 (it
@@ -132,7 +152,7 @@ func (t *IPTables) Remove(ctx context.Context, ns *netns.Handle) error {
 			}
 			errs = append(errs, err)
 		}
-		if err := setLoosePickup(true); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := t.setLoosePickup(true); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("capture in %s: %w", ns, err))
 		}
 		return errors.Join(errs...)

@@ -36,13 +36,16 @@ type Probes struct {
 	// Sources are the probe source addresses, one per family
 	// (DefaultProbeSources).
 	Sources []netip.Addr
-	// KubeletCgroup returns the kubelet's cgroup, as NodeOptions take it;
-	// it runs inside Netns. KubeletCgroup(port) finds it by the kubelet's
-	// port; a fixed path does for a node whose layout is known. If it
-	// fails, the node's rules rewrite nothing and the kubelet's probes are
-	// captured like any other plaintext (they fail under STRICT): ztunnel
-	// says so in its log, and tries again on every Reconcile.
-	KubeletCgroup func() (string, error)
+	// KubeletCgroup returns the kubelet's cgroup, as NodeOptions take it,
+	// and the cgroup namespace the path is read in (nil: ztunnel's own),
+	// which Probes closes; it runs inside Netns. Kubelet.Cgroup finds
+	// both by the kubelet's port; a fixed path does for a node whose
+	// layout is known (with Kubelet.CgroupNamespace). On an error it
+	// returns no namespace. If it fails, the
+	// node's rules rewrite nothing and the kubelet's probes are captured
+	// like any other plaintext (they fail under STRICT): ztunnel says so
+	// in its log, and tries again on every Reconcile.
+	KubeletCgroup func() (string, *netns.Handle, error)
 	Log           *slog.Logger
 
 	mu       sync.Mutex // one Reconcile or Remove at a time
@@ -92,24 +95,38 @@ func (p *Probes) Reconcile(ctx context.Context) error { return p.reconcile(ctx, 
 func (p *Probes) reconcile(ctx context.Context, verify bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.Netns.Do(func() error {
+	o := NodeOptions{ProbeSources: p.Sources}
+	var cg string
+	var cgns *netns.Handle
+	var findErr error
+	if err := p.Netns.Do(func() error {
 		if err := ensureProbeSets(); err != nil {
 			return err
 		}
-		o := NodeOptions{ProbeSources: p.Sources}
-		cg, err := p.KubeletCgroup()
-		switch {
-		case err != nil && err.Error() != p.lastErr:
-			p.log().Error("cannot tell the kubelet's probes apart: they are captured like any other plaintext client "+
-				"(under PeerAuthentication STRICT or a policy that denies them, they fail)", "err", err)
-			p.lastErr = err.Error()
-		case err == nil && p.lastErr != "":
-			p.log().Info("found the kubelet's cgroup: its probes of enrolled pods are let through", "cgroup", cg)
-			p.lastErr = ""
-		}
-		if err == nil {
-			o.KubeletCgroup = cg
-		}
+		cg, cgns, findErr = p.KubeletCgroup()
+		return nil
+	}); err != nil {
+		return err
+	}
+	if cgns != nil {
+		defer cgns.Close()
+	}
+	switch {
+	case findErr != nil && findErr.Error() != p.lastErr:
+		p.log().Error("cannot tell the kubelet's probes apart: they are captured like any other plaintext client "+
+			"(under PeerAuthentication STRICT or a policy that denies them, they fail)", "err", findErr)
+		p.lastErr = findErr.Error()
+	case findErr == nil && p.lastErr != "":
+		p.log().Info("found the kubelet's cgroup: its probes of enrolled pods are let through", "cgroup", cg)
+		p.lastErr = ""
+	}
+	if findErr == nil {
+		o.KubeletCgroup = cg
+	}
+	// The cgroup match resolves its path in the cgroup namespace of the
+	// process that installs the rule: iptables-restore, started from this
+	// thread, is in the kubelet's.
+	return netns.Do(func() error {
 		if p.done && o.KubeletCgroup == p.applied.KubeletCgroup {
 			if !verify && time.Since(p.verified) < probeVerifyInterval {
 				return nil
@@ -140,7 +157,7 @@ func (p *Probes) reconcile(ctx context.Context, verify bool) error {
 		p.applied, p.done, p.verified = o, true, time.Now()
 		p.log().Info("probe rules on the node", "kubelet_cgroup", o.KubeletCgroup, "probe_sources", o.ProbeSources)
 		return nil
-	})
+	}, p.Netns, cgns)
 }
 
 // inPlace says whether the namespace holds exactly o's rules. It runs

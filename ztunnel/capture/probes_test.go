@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/cairnmesh/cairn/internal/netns"
 	"github.com/cairnmesh/cairn/internal/netns/netnstest"
 )
 
@@ -41,6 +42,19 @@ func TestMain(m *testing.M) {
 //
 //	listen <addr>   listens on addr (host:port), says "ready", waits for stdin to close
 //	dial <dst>      connects, says "ok <local address>" or "err ...", and closes
+//	apply-in-container <netns> <dir>
+//	                in a mount namespace of its own (the caller's clone
+//	                flags) where /proc/sys is read-only, as a container's,
+//	                applies the default rules to the pod at <netns>
+//	                writing sysctls through <dir> (a writable bind of
+//	                /proc/sys/net it makes; "-" for the default), and says
+//	                "ok" or "err ..."
+//	probes-in-container <netns>
+//	                in a cgroup namespace and a mount namespace of its own
+//	                (unshare's) with only its own cgroup subtree mounted,
+//	                as a container's, installs the node's probe rules in
+//	                the node at <netns> and says "ok <kubelet cgroup>" or
+//	                "err ..."
 func helper(mode string) int {
 	role, arg, _ := strings.Cut(mode, " ")
 	switch role {
@@ -54,6 +68,10 @@ func helper(mode string) int {
 		fmt.Println("ready")
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		return 0
+	case "apply-in-container":
+		return applyInContainer(arg)
+	case "probes-in-container":
+		return probesInContainer(arg)
 	case "dial":
 		c, err := net.DialTimeout("tcp", arg, 3*time.Second)
 		if err != nil {
@@ -72,7 +90,7 @@ func helper(mode string) int {
 // and returns its path from the cgroup root and its directory.
 func testCgroup(t *testing.T, children ...string) (path, dir string) {
 	t.Helper()
-	mount, root, err := cgroup2Mount()
+	mount, root, err := cgroup2Mount("/proc/self/mountinfo")
 	if err != nil {
 		t.Skip(err)
 	}
@@ -172,22 +190,27 @@ var probeSource = DefaultProbeSources[0]
 
 // probesLab is the capture lab with the node's probe rules: a kubelet (a
 // helper listening on the kubelet's port) and a host-network process (a
-// helper) in two sibling cgroups.
+// helper) in two sibling cgroups, and a third sibling for a ztunnel in a
+// container (TestKubeletProbesFromAContainer).
 type probesLab struct {
 	*lab
-	probes           *Probes
-	kubelet, hostPod string // cgroup directories
-	sw               *switchboard
+	probes                    *Probes
+	kubelet, hostPod, ztunnel string // cgroup directories
+	kubeletPath               string // the kubelet's cgroup path
+	sw                        *switchboard
 }
 
-func newProbesLab(t *testing.T) *probesLab {
+// newProbesLab sets the lab up with the node's rules in place: installed
+// by install if it is given, else by the test's own Probes.Reconcile.
+func newProbesLab(t *testing.T, install ...func(pl *probesLab)) *probesLab {
 	t.Helper()
 	l := newLab(t)
-	_, dir := testCgroup(t, "kubelet", "hostpod")
-	pl := &probesLab{lab: l, kubelet: filepath.Join(dir, "kubelet"), hostPod: filepath.Join(dir, "hostpod")}
+	path, dir := testCgroup(t, "kubelet", "hostpod", "ztunnel")
+	pl := &probesLab{lab: l, kubelet: filepath.Join(dir, "kubelet"), hostPod: filepath.Join(dir, "hostpod"),
+		ztunnel: filepath.Join(dir, "ztunnel"), kubeletPath: path + "/kubelet"}
 	listenIn(t, l.node, pl.kubelet, ":"+itoa(kubeletPort))
 	pl.probes = &Probes{Netns: l.node.Handle, IPTables: l.ipt, Sources: DefaultProbeSources, Log: testLogger(t),
-		KubeletCgroup: func() (string, error) { return KubeletCgroup(kubeletPort) }}
+		KubeletCgroup: (&Kubelet{Port: kubeletPort}).Cgroup}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -196,7 +219,9 @@ func newProbesLab(t *testing.T) *probesLab {
 		}
 	})
 	ctx := testContext(t)
-	if err := pl.probes.Reconcile(ctx); err != nil {
+	if len(install) > 0 {
+		install[0](pl)
+	} else if err := pl.probes.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := pl.probes.Add(labPod); err != nil {
@@ -382,29 +407,37 @@ func TestKubeletCgroup(t *testing.T) {
 	netnstest.Require(t)
 	ns := netnstest.New(t, "cairn-cap-kubelet")
 	path, dir := testCgroup(t, "kubelet", "impostor", "parent", "parent/child")
-	find := func() (string, error) {
+	cgroupIn := func(ns *netnstest.NS, k *Kubelet) (string, error) {
 		var p string
 		err := ns.Handle.Do(func() error {
 			var err error
-			p, err = KubeletCgroup(kubeletPort)
+			var cgns *netns.Handle
+			p, cgns, err = k.Cgroup()
+			if cgns != nil {
+				cgns.Close()
+			}
 			return err
 		})
 		return p, err
 	}
-	if _, err := find(); err == nil || !strings.Contains(err.Error(), "no socket listens") {
+	k := &Kubelet{Port: kubeletPort}
+	if _, err := cgroupIn(ns, k); err == nil || !strings.Contains(err.Error(), "no socket listens") {
 		t.Errorf("with no kubelet: %v, want no socket listens", err)
 	}
 	listenIn(t, ns, filepath.Join(dir, "kubelet"), ":"+itoa(kubeletPort))
-	if got, err := find(); err != nil || got != path+"/kubelet" {
-		t.Errorf("KubeletCgroup = %q, %v; want %q", got, err, path+"/kubelet")
+	if got, err := cgroupIn(ns, k); err != nil || got != path+"/kubelet" {
+		t.Errorf("Kubelet.Cgroup = %q, %v; want %q", got, err, path+"/kubelet")
+	}
+	// Again, from what it found the first time.
+	if got, err := cgroupIn(ns, k); err != nil || got != path+"/kubelet" {
+		t.Errorf("Kubelet.Cgroup again = %q, %v; want %q", got, err, path+"/kubelet")
 	}
 
 	// A kubelet in a cgroup with children is refused: the match would
 	// cover them too.
 	parent := netnstest.New(t, "cairn-cap-kubelet")
 	listenIn(t, parent, filepath.Join(dir, "parent"), ":"+itoa(kubeletPort))
-	if err := parent.Handle.Do(func() error { _, err := KubeletCgroup(kubeletPort); return err }); err == nil ||
-		!strings.Contains(err.Error(), "child cgroups") {
+	if _, err := cgroupIn(parent, &Kubelet{Port: kubeletPort}); err == nil || !strings.Contains(err.Error(), "child cgroups") {
 		t.Errorf("a kubelet in a cgroup with children: %v, want an error about child cgroups", err)
 	}
 
@@ -418,14 +451,11 @@ func TestKubeletCgroup(t *testing.T) {
 	netnstest.Run(t, "ip", "-n", node.Name, "link", "set", "d0", "up")
 	listenIn(t, node, filepath.Join(dir, "kubelet"), hostPort(nodeIP, kubeletPort))
 	listenIn(t, node, filepath.Join(dir, "impostor"), hostPort(netip.MustParseAddr("127.0.0.1"), kubeletPort))
-	var got string
-	err := node.Handle.Do(func() error { _, err := KubeletCgroup(kubeletPort); return err })
-	if err == nil || !strings.Contains(err.Error(), "different cgroups") {
+	if _, err := cgroupIn(node, &Kubelet{Port: kubeletPort}); err == nil || !strings.Contains(err.Error(), "different cgroups") {
 		t.Errorf("two listeners of different cgroups: %v, want an error", err)
 	}
-	err = node.Handle.Do(func() error { got, err = KubeletCgroup(kubeletPort, nodeIP); return err })
-	if err != nil || got != path+"/kubelet" {
-		t.Errorf("KubeletCgroup with the node's address = %q, %v; want %q", got, err, path+"/kubelet")
+	if got, err := cgroupIn(node, &Kubelet{Port: kubeletPort, Addrs: []netip.Addr{nodeIP}}); err != nil || got != path+"/kubelet" {
+		t.Errorf("Kubelet.Cgroup with the node's address = %q, %v; want %q", got, err, path+"/kubelet")
 	}
 }
 

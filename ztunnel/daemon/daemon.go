@@ -57,6 +57,7 @@ type Config struct {
 
 	NetnsDir          string // the node's /var/run/netns, as mounted
 	ProcDir           string // the node's /proc, as mounted
+	SysctlDir         string // the node's /proc/sys/net, as mounted (writable)
 	CNISocket         string // our socket, as mounted
 	CNISocketHostPath string // the hostPath path of the socket's file
 	CNIBinDir         string // the node's CNI bin dir, as mounted
@@ -172,7 +173,7 @@ func Run(ctx context.Context, cfg Config) error {
 			WriteTimeout: cfg.WriteTimeout, Limiter: limiter, HBONE: cfg.HBONE,
 		},
 		Identities: identities{mgr}, TrustDomain: cfg.TrustDomain, NetnsDir: cfg.NetnsDir,
-		IPTables:     capture.IPTables{Log: log.With("component", "iptables")},
+		IPTables:     capture.IPTables{Sysctls: capture.Sysctls{Dir: cfg.SysctlDir}, Log: log.With("component", "iptables")},
 		ProbeSources: cfg.ProbeSources, Probes: probes,
 		Log: log.With("component", "enroll"),
 	})
@@ -340,19 +341,29 @@ func nodeProbes(ctx context.Context, cfg Config, node *kubeclient.Node, log *slo
 			addrs = append(addrs, ip)
 		}
 	}
-	var find func() (string, error)
+	// The kubelet's cgroup is named from the root of its own cgroup
+	// namespace, the node's: ztunnel's own, in a container that is not
+	// privileged, is rooted at ztunnel's cgroup.
+	kubelet := &capture.Kubelet{Port: port, Addrs: addrs, ProcDir: cfg.ProcDir}
+	var find func() (string, *netns.Handle, error)
 	switch cfg.KubeletCgroup {
 	case "", "auto":
-		find = func() (string, error) { return capture.KubeletCgroup(port, addrs...) }
+		find = kubelet.Cgroup
 	case "none":
 		log.Warn("--kubelet-cgroup=none: the kubelet's probes of enrolled pods are captured like any other plaintext client")
-		find = func() (string, error) { return "", nil }
+		find = func() (string, *netns.Handle, error) { return "", nil, nil }
 	default:
 		if err := (capture.NodeOptions{KubeletCgroup: cfg.KubeletCgroup}).Validate(); err != nil {
 			_ = self.Close()
 			return nil, fmt.Errorf("--kubelet-cgroup: %w", err)
 		}
-		find = func() (string, error) { return cfg.KubeletCgroup, nil }
+		find = func() (string, *netns.Handle, error) {
+			cgns, err := kubelet.CgroupNamespace()
+			if err != nil {
+				return "", nil, err
+			}
+			return cfg.KubeletCgroup, cgns, nil
+		}
 	}
 	p := &capture.Probes{
 		Netns: self, IPTables: &capture.IPTables{Log: log}, Sources: cfg.ProbeSources,

@@ -134,6 +134,16 @@ func (m *Mesh) Capture(ctx context.Context, pod nodeagent.Pod) error {
 		}
 	}
 	if err := m.cfg.IPTables.Apply(ctx, h, opts); err != nil {
+		if m.cfg.Probes != nil {
+			_ = m.cfg.Probes.Del(pod.IPs...)
+		}
+		if errors.Is(err, capture.ErrLoosePickup) {
+			// Apply left no rule: the pod stays out of the mesh, and says
+			// so on the pod, until the sysctl can be written.
+			return &nodeagent.RefusedError{Reason: "ConntrackLoosePickup", Message: fmt.Sprintf(
+				"the capture rules need net.netfilter.nf_conntrack_tcp_loose=0 in the pod, which ztunnel cannot set "+
+					"(is the node's /proc/sys/net mounted writable at --sysctl-net-dir?): %v", err)}
+		}
 		return fmt.Errorf("capture rules for %s: %w", pod, err)
 	}
 	// The app sees inbound connections come from their clients' addresses
@@ -144,8 +154,9 @@ func (m *Mesh) Capture(ctx context.Context, pod nodeagent.Pod) error {
 		dialFrom = false
 		m.log.Warn("no reply routes in the pod: the app will see inbound connections come from its own address", "pod", pod.String(), "err", err)
 	}
-	if err := migrateRequests(h); err != nil {
-		m.log.Debug("tcp_migrate_req not set: a rolling update may reset connections that were being accepted", "pod", pod.String(), "err", err)
+	if err := migrateRequests(h, m.cfg.IPTables.Sysctls); err != nil {
+		m.log.Warn("tcp_migrate_req not set: a rolling update of ztunnel may reset connections to this pod that are being accepted",
+			"pod", pod.String(), "err", err)
 	}
 	ls, err := capture.ListenConfig{ReusePort: true}.Listen(ctx, h)
 	if err != nil {

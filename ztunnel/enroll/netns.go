@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cairnmesh/cairn/internal/netns"
+	"github.com/cairnmesh/cairn/ztunnel/capture"
 	"github.com/cairnmesh/cairn/ztunnel/nodeagent"
 )
 
@@ -332,9 +333,8 @@ func holdsOnInterface(path string, ips []netip.Addr) error {
 // migrateRequests sets net.ipv4.tcp_migrate_req in the pod: when an old
 // ztunnel closes its listeners, connections still in its accept queue
 // move to the new ztunnel's socket of the same SO_REUSEPORT group instead
-// of being reset. (Linux 5.14 and later.)
-func migrateRequests(h *netns.Handle) error {
-	return h.Do(func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/tcp_migrate_req", []byte("1"), 0o644)
-	})
+// of being reset. (Linux 5.14 and later.) It writes through s, the
+// node's /proc/sys/net: ztunnel's own /proc/sys is read-only.
+func migrateRequests(h *netns.Handle, s capture.Sysctls) error {
+	return h.Do(func() error { return s.Set("ipv4/tcp_migrate_req", "1") })
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/cairnmesh/cairn/internal/netns/netnstest"
+	"github.com/cairnmesh/cairn/ztunnel/capture"
 	"github.com/cairnmesh/cairn/ztunnel/nodeagent"
 )
 
@@ -170,11 +171,27 @@ func TestPodUIDs(t *testing.T) {
 	}
 }
 
-// TestMigrateRequests: tcp_migrate_req is set inside the pod.
+// TestMigrateRequests: tcp_migrate_req is set inside the pod, and only
+// there.
 func TestMigrateRequests(t *testing.T) {
 	netnstest.Require(t, "ip")
 	pod := netnstest.New(t, "enroll")
-	if err := migrateRequests(pod.Handle); err != nil {
+	var s capture.Sysctls
+	before, err := s.Get("ipv4/tcp_migrate_req")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateRequests(pod.Handle, s); err != nil {
 		t.Fatalf("setting tcp_migrate_req: %v", err)
+	}
+	var got string
+	if err := pod.Handle.Do(func() (err error) { got, err = s.Get("ipv4/tcp_migrate_req"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if got != "1" {
+		t.Errorf("tcp_migrate_req in the pod: %s, want 1", got)
+	}
+	if after, _ := s.Get("ipv4/tcp_migrate_req"); after != before {
+		t.Errorf("tcp_migrate_req of the test's own namespace went from %s to %s", before, after)
 	}
 }

@@ -235,7 +235,7 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 			return fmt.Errorf("finding the network namespace of %s: %w", key, err)
 		}
 		p.Netns = netns
-		if err := a.capture(ctx, key, p); err != nil {
+		if err := a.capture(ctx, key, p, pod); err != nil {
 			return err
 		}
 		a.refused.forget(key)
@@ -259,8 +259,12 @@ func (a *Agent) wanted(pod *kubeclient.Pod) bool {
 	return dataplane.Enrolled(pod.Labels, pod.Spec.HostNetwork, nsLabels)
 }
 
-func (a *Agent) capture(ctx context.Context, key string, p Pod) error {
+func (a *Agent) capture(ctx context.Context, key string, p Pod, pod *kubeclient.Pod) error {
 	if err := a.cfg.Capturer.Capture(ctx, p); err != nil {
+		var refused *RefusedError
+		if errors.As(err, &refused) {
+			a.refuse(ctx, pod, refused)
+		}
 		return fmt.Errorf("capturing %s: %w", key, err)
 	}
 	a.mu.Lock()

@@ -27,11 +27,18 @@ type fakeCapturer struct {
 	mu       sync.Mutex
 	captured map[string]Pod
 	events   []string
+	// refuse, if set, may refuse a capture (it is called under mu).
+	refuse func(Pod) error
 }
 
 func (f *fakeCapturer) Capture(_ context.Context, p Pod) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.refuse != nil {
+		if err := f.refuse(p); err != nil {
+			return err
+		}
+	}
 	if f.captured == nil {
 		f.captured = map[string]Pod{}
 	}
@@ -295,4 +302,47 @@ func TestRefusedNetnsLeavesPodOutWithAnEvent(t *testing.T) {
 	refuse = false
 	mu.Unlock()
 	eventually(t, "the victim captured once its namespace is told", func() bool { _, ok := fc.has(ns + "/victim"); return ok })
+}
+
+// TestRefusedCaptureLeavesPodOutWithAnEvent: when the capturer refuses a
+// pod (it cannot turn off conntrack's loose pickup there, say), the pod
+// is not captured, a Warning Event on it says why, and it is captured
+// once the capturer can.
+func TestRefusedCaptureLeavesPodOutWithAnEvent(t *testing.T) {
+	env := testenv.Get(t)
+	kube := env.Client()
+	ctx := context.Background()
+	ns := env.Namespace(t, map[string]string{ambient.DataplaneModeLabel: ambient.DataplaneModeAmbient})
+
+	_, fc := startAgentFinding(t, "node-e", netnsByUID)
+	calls := 0
+	fc.mu.Lock()
+	fc.refuse = func(p Pod) error {
+		calls++
+		return fmt.Errorf("capture rules: %w", &RefusedError{Reason: "ConntrackLoosePickup", Message: "read-only file system"})
+	}
+	fc.mu.Unlock()
+	pod := runningPod(t, ns, "sysctl", "node-e", "198.18.4.3", nil)
+
+	eventually(t, "several attempts", func() bool { fc.mu.Lock(); defer fc.mu.Unlock(); return calls >= 2 })
+	if _, ok := fc.has(ns + "/sysctl"); ok {
+		t.Fatal("a refused pod was captured")
+	}
+	var events []corev1.Event
+	eventually(t, "a Warning event on the pod", func() bool {
+		list, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=sysctl"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		events = list.Items
+		return len(events) > 0
+	})
+	if e := events[0]; e.Type != corev1.EventTypeWarning || e.Reason != "ConntrackLoosePickup" || e.InvolvedObject.UID != pod.UID ||
+		!strings.Contains(e.Message, "read-only file system") {
+		t.Errorf("event %+v", e)
+	}
+	fc.mu.Lock()
+	fc.refuse = nil
+	fc.mu.Unlock()
+	eventually(t, "the pod captured once it can be", func() bool { _, ok := fc.has(ns + "/sysctl"); return ok })
 }

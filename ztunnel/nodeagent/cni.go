@@ -49,7 +49,7 @@ func (a *Agent) Add(ctx context.Context, req cni.Pod) (cni.Reply, error) {
 			return cni.Reply{}, err
 		}
 	}
-	if err := a.capture(ctx, key, p); err != nil {
+	if err := a.capture(ctx, key, p, pod); err != nil {
 		return cni.Reply{}, err
 	}
 	return cni.Reply{Captured: true}, nil

@@ -12,11 +12,14 @@ import (
 
 // RefusedError is what Config.FindNetns returns when it will not name a
 // pod's network namespace because what it found could be an impostor's or
-// is ambiguous. The agent logs it, records it as a Warning Event on the
-// pod, and tries again later (with its back-off): the pod stays out of the
-// mesh until its namespace can be told for sure.
+// is ambiguous, and what Capturer.Capture returns when it cannot capture
+// a pod safely (the pod's conntrack cannot be set up to close a way
+// around the rules, say). The agent logs it, records it as a Warning
+// Event on the pod, and tries again later (with its back-off): the pod
+// stays out of the mesh until it can be captured safely.
 type RefusedError struct {
-	// Reason is the Event's reason, in CamelCase: NetnsAmbiguous, ...
+	// Reason is the Event's reason, in CamelCase: NetnsAmbiguous,
+	// ConntrackLoosePickup, ...
 	Reason string
 	// Message says what was found, for the Event and the log.
 	Message string
@@ -74,7 +77,7 @@ func (r *refusals) forget(key string) {
 // pod. A failure to record the Event is logged, not returned: the refusal
 // stands either way.
 func (a *Agent) refuse(ctx context.Context, pod *kubeclient.Pod, e *RefusedError) {
-	a.log.Warn("refusing to capture pod: its network namespace cannot be told for sure; will retry",
+	a.log.Error("refusing to capture pod: it stays out of the mesh; will retry",
 		"pod", pod.Key(), "uid", pod.UID, "reason", e.Reason, "err", e.Message)
 	now := time.Now()
 	if !a.refused.due(pod.Key(), pod.UID, e.Reason, e.Message, now) {

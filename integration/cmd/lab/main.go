@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -23,6 +24,13 @@ import (
 	"github.com/cairnmesh/cairn/integration/lab"
 	"github.com/cairnmesh/cairn/internal/version"
 )
+
+// The main goroutine keeps the process's main thread to itself. The lab
+// kubelet enters pods' network namespaces on threads it then throws away
+// (locked, never unlocked), and the main thread, which cannot exit, would
+// instead stay wedged in a pod's namespace: /proc/<pid>/ns/net shows the
+// main thread's, and node agents would see the kubelet in a pod.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	root := &cobra.Command{

@@ -123,13 +123,20 @@ func InitCommand() *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error { return runStart(args[0]) },
 	})
-	var cgroups []string
+	var enterJSON, execJSON string
 	enter := &cobra.Command{
-		Use:  "enter [--cgroup dir]... -- command...",
+		Use:  "enter --spec <json> -- command...",
 		Args: cobra.MinimumNArgs(1),
-		RunE: func(_ *cobra.Command, args []string) error { return runEnter(cgroups, args) },
+		RunE: func(_ *cobra.Command, args []string) error { return runEnter(enterJSON, args) },
 	}
-	enter.Flags().StringArrayVar(&cgroups, "cgroup", nil, "cgroup directory to join (repeatable)")
+	enter.Flags().StringVar(&enterJSON, "spec", "", "what to enter (enterSpec, JSON)")
+	execCmd := &cobra.Command{
+		Use:  "exec --security <json> -- command...",
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error { return runExec(execJSON, args) },
+	}
+	execCmd.Flags().StringVar(&execJSON, "security", "", "the container's security spec (JSON)")
+	cmd.AddCommand(execCmd)
 	cmd.AddCommand(enter)
 	return cmd
 }

@@ -151,6 +151,11 @@ func (w *podWorker) prepare(ctx context.Context, pod *corev1.Pod, c *corev1.Cont
 	if err := createCgroups(inst.Cgroups); err != nil {
 		return containerSpec{}, nil, err
 	}
+	sec, err := securityOf(pod, c, w.k.cgroups.v2)
+	if err != nil {
+		_ = removeCgroups(inst.Cgroups, time.Second)
+		return containerSpec{}, nil, err
+	}
 	hostname, _ := podHostname(pod, cfg.ClusterDomain)
 	if pod.Spec.HostNetwork {
 		hostname = cfg.NodeName
@@ -177,6 +182,7 @@ func (w *podWorker) prepare(ctx context.Context, pod *corev1.Pod, c *corev1.Cont
 		RestartCount: restarts,
 		InitArgs:     cfg.InitArgs,
 		HostDirs:     w.k.hostDirs,
+		Security:     sec,
 	})
 	if err != nil {
 		_ = removeCgroups(inst.Cgroups, time.Second)

@@ -24,9 +24,10 @@
 //
 // # Containers
 //
-// A container is a process with its own mount and UTS namespaces in the
-// pod's network namespace and cgroup. The kubelet re-executes its own
-// binary as the hidden container-init command (InitCommand) in two roles:
+// A container is a process with its own mount and UTS namespaces (and,
+// unless privileged, cgroup namespace) in the pod's network namespace and
+// cgroup. The kubelet re-executes its own binary as the hidden
+// container-init command (InitCommand) in two roles:
 //
 //   - the monitor, in a session of its own, is the container's parent (as
 //     conmon is): it copies stdout and stderr into the CRI-format log
@@ -35,8 +36,8 @@
 //     the kubelet, which is how a restarted kubelet adopts running pods.
 //   - the start stage, cloned by the monitor with CLONE_NEWNS|CLONE_NEWUTS,
 //     joins the cgroups and the pod's network namespace (setns on its one
-//     locked thread, then execve from that thread), builds the root and
-//     execs the container's program.
+//     locked thread, then execve from that thread), builds the root, takes
+//     on the container's credentials and execs the container's program.
 //
 // The root is a tmpfs on an empty directory under the lab dir that
 // becomes "/" by pivot_root. In it: the host's /usr (read-only; /bin,
@@ -44,8 +45,9 @@
 // as an overlay (host /etc below, a tmpfs above, so the container may
 // write there and mount points can be made) with the pod's resolv.conf,
 // hosts and hostname on top, fresh /proc and /sys (showing the pod's
-// network), the host's /dev and /sys/fs/cgroup, a private /tmp, /var/run
-// -> /run, the repository's bin/ read-only at /cairn/bin, and the
+// network), the host's /dev, /sys/fs/cgroup (the node's hierarchies for a
+// privileged container, its own cgroup otherwise), a private /tmp,
+// /var/run -> /run, the repository's bin/ read-only at /cairn/bin, and the
 // volumes. Every mount is a slave of the node's: nothing a container
 // mounts reaches the host, and mounts made on the node under a hostPath
 // reach the container. Mount points are only ever created on the tmpfs,
@@ -63,8 +65,49 @@
 //
 // exec joins a running container with nsenter (util-linux), started by
 // the enter role after it joined the container's cgroups: a multi-threaded
-// Go process cannot setns(CLONE_NEWNS). port-forward dials 127.0.0.1 from
-// a thread inside the pod's network namespace.
+// Go process cannot setns(CLONE_NEWNS). nsenter then runs the kubelet's
+// binary again (handed over as an open file, /proc/self/fd/N, since it has
+// no path in the container's root) in the exec role, which takes on the
+// container's credentials (below) and execs the command, as a runtime's
+// exec does. port-forward dials 127.0.0.1 from a thread inside the pod's
+// network namespace.
+//
+// # securityContext
+//
+// The kubelet enforces what containerd and runc enforce for a container
+// and what matters to Cairn (security.go decides, creds.go and the start
+// stage apply), for the container's process and for exec alike:
+//
+//   - privileged: false (the default) gives the capabilities containerd
+//     computes: its default set (CHOWN, DAC_OVERRIDE, FSETID, FOWNER,
+//     MKNOD, NET_RAW, SETGID, SETUID, SETFCAP, SETPCAP, NET_BIND_SERVICE,
+//     SYS_CHROOT, KILL, AUDIT_WRITE), add ALL, drop ALL, then each added
+//     and each dropped, as the bounding, permitted and effective sets;
+//     inheritable and ambient stay empty, as containerd leaves them, so a
+//     container that does not run as root keeps none after execve. /proc
+//     has the kubelet's default masked paths (/proc/kcore, /proc/keys,
+//     /sys/firmware, ...: an empty read-only tmpfs or /dev/null) and
+//     read-only paths (/proc/sys, /proc/bus, /proc/fs, /proc/irq,
+//     /proc/sysrq-trigger) unless procMount is Unmasked, and /sys is
+//     read-only. With a cgroup v2 hierarchy on the node the container has
+//     a cgroup namespace of its own, rooted at its cgroup (unshared after
+//     joining it, as runc does), and /sys/fs/cgroup is a fresh read-only
+//     cgroup2 mount of that subtree, as containerd does on a cgroup v2
+//     node. The lab's host may be hybrid (cgroup v1 controllers beside
+//     the v2 hierarchy): the lab then behaves as a cgroup v2 node, which
+//     is what Cairn must work on.
+//   - allowPrivilegeEscalation: false sets no_new_privs.
+//   - readOnlyRootFilesystem: true makes the root read-only, and with it
+//     /etc, /tmp and /run (part of an image's root on a node) and the
+//     runtime's /etc/resolv.conf and /etc/hostname; the kubelet's
+//     /etc/hosts and the volumes stay as mounted.
+//   - runAsUser, runAsGroup (container over pod), supplementalGroups and
+//     fsGroup give the user, group and supplementary groups; runAsNonRoot
+//     refuses uid 0 (CreateContainerConfigError), and images run as root
+//     unless told otherwise (their binaries have no user of their own).
+//   - privileged: true keeps what every container had before: the
+//     kubelet's capabilities, the node's cgroup namespace and /sys/fs/cgroup,
+//     nothing masked or read-only (user and groups still apply).
 //
 // # State
 //
@@ -82,8 +125,12 @@
 // types fail the pod (reason UnsupportedVolume) with an event, as does a
 // hostNetwork pod whose ports are in use on the node (HostPortConflict).
 //
-// Not done: resource limits are not enforced, securityContext is ignored
-// (containers run as root with the kubelet's capabilities), lifecycle
-// hooks do not run, emptyDir medium Memory is a directory on disk, and
-// terminationMessagePath is not read (FallbackToLogsOnError is).
+// Not done: resource limits are not enforced; of securityContext,
+// seccompProfile is not enforced (RuntimeDefault would need containerd's
+// whole default profile: an allow-list of system calls, some by argument
+// and by capability), nor are AppArmor, SELinux, sysctls, fsGroup's
+// ownership of volumes and the user's groups from the image; /dev is the
+// host's (runc gives a minimal one); lifecycle hooks do not run, emptyDir
+// medium Memory is a directory on disk, and terminationMessagePath is not
+// read (FallbackToLogsOnError is).
 package kubelet

@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,8 +34,11 @@ import (
 //	                namespace, builds the container's root, then execs the
 //	                container's program (it becomes the container).
 //	enter ...       for exec: joins a container's cgroups, then execs
-//	                nsenter, which joins its mount, UTS and network
-//	                namespaces (a multi-threaded Go process cannot).
+//	                nsenter, which joins its mount, UTS, network and
+//	                cgroup namespaces (a multi-threaded Go process
+//	                cannot) and execs this binary again, as
+//	exec ...        which takes on the container's user, groups,
+//	                capabilities and no_new_privs and execs the command.
 
 // runMonitor is the monitor role. fd 3, when present, is the kubelet's
 // status pipe: one JSON startedState is written to it.
@@ -183,7 +187,7 @@ func monitor(spec containerSpec, specPath string, report func(startedState)) (st
 // becomes the container. Errors go to fd 3 (the monitor reads them) and
 // end the process.
 func runStart(specPath string) error {
-	runtime.LockOSThread() // setns(CLONE_NEWNET) is per thread; exec from this one
+	runtime.LockOSThread() // setns(CLONE_NEWNET) and credentials are per thread; exec from this one
 	errPipe := os.NewFile(3, "init-error")
 	unix.CloseOnExec(3)
 	fail := func(err error) error {
@@ -201,6 +205,13 @@ func runStart(specPath string) error {
 	if err := joinCgroups(spec.Cgroups); err != nil {
 		return fail(err)
 	}
+	if spec.Security.CgroupNS {
+		// After joining: the new namespace's root is the container's
+		// cgroup, as runc makes it.
+		if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+			return fail(fmt.Errorf("a cgroup namespace of its own: %w", err))
+		}
+	}
 	if spec.NetNS != "" {
 		if err := hostos.JoinNetns(spec.NetNS); err != nil {
 			return fail(err)
@@ -214,9 +225,6 @@ func runStart(specPath string) error {
 			return fail(fmt.Errorf("setting hostname: %w", err))
 		}
 	}
-	if err := os.MkdirAll(spec.WorkingDir, 0o755); err != nil {
-		return fail(fmt.Errorf("working dir %s: %w", spec.WorkingDir, err))
-	}
 	if err := os.Chdir(spec.WorkingDir); err != nil {
 		return fail(fmt.Errorf("working dir %s: %w", spec.WorkingDir, err))
 	}
@@ -224,19 +232,95 @@ func runStart(specPath string) error {
 	if err != nil {
 		return fail(err)
 	}
+	if err := applyCredentials(spec.Security); err != nil {
+		return fail(err)
+	}
 	err = unix.Exec(prog, spec.Argv, spec.Env)
 	return fail(fmt.Errorf("exec %s: %w", spec.Argv[0], err))
 }
 
-// runEnter is the enter role: join cgroups, then exec argv (nsenter).
-func runEnter(cgroups, argv []string) error {
+// enterSpec is what the enter role needs to run a command in a running
+// container (exec).
+type enterSpec struct {
+	// PID is the container's process, whose namespaces, root and
+	// working directory the command gets.
+	PID int `json:"pid"`
+	// Cgroups are the container's cgroup directories, joined first.
+	Cgroups []string `json:"cgroups"`
+	// Nsenter is util-linux's nsenter on the host.
+	Nsenter string `json:"nsenter"`
+	// InitArgs reach the container-init command (Config.InitArgs).
+	InitArgs []string `json:"initArgs"`
+	// Security is the container's: the command gets its user, groups,
+	// capabilities, no_new_privs and cgroup namespace, as a runtime's
+	// exec does.
+	Security securitySpec `json:"security"`
+}
+
+// runEnter is the enter role: join the container's cgroups, then exec
+// nsenter, which joins its mount, UTS and network namespaces (and its
+// cgroup namespace, if it has its own), its root and working directory,
+// and execs this same binary in the exec role, which takes on the
+// container's credentials and execs argv. This binary is handed over as
+// an open file (/proc/self/fd/N): inside the container's root it has no
+// path.
+func runEnter(specJSON string, argv []string) error {
 	if len(argv) == 0 {
 		return errors.New("enter: no command")
 	}
-	if err := joinCgroups(cgroups); err != nil {
+	var spec enterSpec
+	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
+		return fmt.Errorf("enter: parsing the spec: %w", err)
+	}
+	if err := joinCgroups(spec.Cgroups); err != nil {
 		return err
 	}
-	return unix.Exec(argv[0], argv, os.Environ())
+	self, err := unix.Open("/proc/self/exe", unix.O_RDONLY, 0) // inherited by nsenter and its exec
+	if err != nil {
+		return fmt.Errorf("enter: opening this binary: %w", err)
+	}
+	sec, err := json.Marshal(spec.Security)
+	if err != nil {
+		return err
+	}
+	args := []string{spec.Nsenter, "--target", strconv.Itoa(spec.PID), "--mount", "--uts", "--net"}
+	if spec.Security.CgroupNS {
+		args = append(args, "--cgroup")
+	}
+	// --root and --wd without a value take the container's root and
+	// working directory (nsenter would open a path given here in the
+	// kubelet's root, before entering).
+	args = append(args, "--root", "--wd", "--", "/proc/self/fd/"+strconv.Itoa(self))
+	args = append(args, spec.InitArgs...)
+	args = append(args, "exec", "--security", string(sec), "--")
+	args = append(args, argv...)
+	return unix.Exec(spec.Nsenter, args, os.Environ())
+}
+
+// runExec is the exec role, inside the container's namespaces and root:
+// close every inherited file but the standard ones at exec, take on the
+// container's credentials and exec argv, found in the PATH of the
+// environment.
+func runExec(secJSON string, argv []string) error {
+	runtime.LockOSThread() // credentials are per thread; exec from this one
+	if len(argv) == 0 {
+		return errors.New("exec: no command")
+	}
+	var sec securitySpec
+	if err := json.Unmarshal([]byte(secJSON), &sec); err != nil {
+		return fmt.Errorf("exec: parsing the security spec: %w", err)
+	}
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fmt.Errorf("exec: %w", err)
+	}
+	prog, err := lookPath(argv[0], os.Environ())
+	if err != nil {
+		return err
+	}
+	if err := applyCredentials(sec); err != nil {
+		return err
+	}
+	return fmt.Errorf("exec %s: %w", argv[0], unix.Exec(prog, argv, os.Environ()))
 }
 
 func joinCgroups(dirs []string) error {
@@ -294,16 +378,28 @@ func buildRoot(spec containerSpec) error {
 	if err := os.Chdir("/"); err != nil {
 		return err
 	}
-	b := rootBuilder{}
+	// The working directory is made before anything turns read-only.
+	b := rootBuilder{workDir: spec.WorkingDir}
 	for i, m := range spec.Mounts {
 		if err := b.apply(i, m); err != nil {
 			return fmt.Errorf("%s %s: %w", m.Kind, m.Target, err)
 		}
 	}
+	if err := b.ensureWorkDir(); err != nil {
+		return err
+	}
 	if err := unix.Unmount(oldRoot, unix.MNT_DETACH); err != nil {
 		return fmt.Errorf("detaching the old root: %w", err)
 	}
-	return os.Remove(oldRoot)
+	if err := os.Remove(oldRoot); err != nil {
+		return err
+	}
+	if spec.Security.ReadOnlyRoot {
+		if err := remountReadOnly("/"); err != nil {
+			return fmt.Errorf("making the root read-only: %w", err)
+		}
+	}
+	return nil
 }
 
 // rootBuilder applies mounts and refuses to create mount points inside
@@ -311,6 +407,40 @@ func buildRoot(spec containerSpec) error {
 // those must exist already.
 type rootBuilder struct {
 	hostOwned []string
+	// workDir is made (once) before the first mount that makes a part
+	// of the root read-only.
+	workDir     string
+	workDirDone bool
+}
+
+// ensureWorkDir makes the working directory if it is missing, once.
+func (b *rootBuilder) ensureWorkDir() error {
+	if b.workDirDone || b.workDir == "" {
+		return nil
+	}
+	b.workDirDone = true
+	if err := os.MkdirAll(b.workDir, 0o755); err != nil {
+		return fmt.Errorf("working dir %s: %w", b.workDir, err)
+	}
+	return nil
+}
+
+// remountReadOnly makes the mount at target read-only, keeping its
+// nosuid, nodev and noexec.
+func remountReadOnly(target string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(target, &st); err != nil {
+		return err
+	}
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY)
+	for _, f := range []struct{ st, ms uintptr }{
+		{unix.ST_NOSUID, unix.MS_NOSUID}, {unix.ST_NODEV, unix.MS_NODEV}, {unix.ST_NOEXEC, unix.MS_NOEXEC},
+	} {
+		if uintptr(st.Flags)&f.st != 0 {
+			flags |= f.ms
+		}
+	}
+	return unix.Mount("", target, "", flags, "")
 }
 
 func (b *rootBuilder) apply(i int, m mountSpec) error {
@@ -341,13 +471,63 @@ func (b *rootBuilder) apply(i int, m mountSpec) error {
 		if err := b.ensure(target, false); err != nil {
 			return err
 		}
-		if err := unix.Mount("sysfs", target, "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
+		if m.ReadOnly {
+			flags |= unix.MS_RDONLY
+		}
+		if err := unix.Mount("sysfs", target, "sysfs", flags, ""); err != nil {
 			if err := unix.Mount(oldRoot+"/sys", target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 				return err
+			}
+			if m.ReadOnly {
+				if err := remountReadOnly(target); err != nil {
+					return err
+				}
 			}
 		}
 		b.hostOwned = append(b.hostOwned, target)
 		return nil
+	case mountCgroup2:
+		// Mounted from the container's cgroup namespace, a cgroup2
+		// filesystem shows that namespace's root: the container's cgroup.
+		if err := b.ensure(target, false); err != nil {
+			return err
+		}
+		flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
+		if m.ReadOnly {
+			flags |= unix.MS_RDONLY
+		}
+		if err := unix.Mount("cgroup2", target, "cgroup2", flags, ""); err != nil {
+			return err
+		}
+		b.hostOwned = append(b.hostOwned, target)
+		return nil
+	case mountReadOnly:
+		if err := b.ensureWorkDir(); err != nil {
+			return err
+		}
+		if _, err := os.Lstat(target); err != nil {
+			if m.Optional && errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := unix.Mount(target, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return err
+		}
+		return remountReadOnly(target)
+	case mountMask:
+		fi, err := os.Stat(target)
+		if err != nil {
+			if m.Optional && errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if fi.IsDir() {
+			return unix.Mount("tmpfs", target, "tmpfs", unix.MS_RDONLY, "")
+		}
+		return unix.Mount("/dev/null", target, "", unix.MS_BIND, "")
 	case mountOverlay:
 		src := oldRoot + m.Source
 		if err := b.ensure(target, false); err != nil {

@@ -346,6 +346,8 @@ func TestKubelet(t *testing.T) {
 		deletePodAndWait(t, client, pod)
 	})
 
+	t.Run("SecurityContextEnforced", func(t *testing.T) { testSecurityContext(t, env, node) })
+
 	t.Run("RestartedKubeletAdoptsPods", func(t *testing.T) {
 		ns := env.Namespace(t, nil)
 		waitForServiceAccount(t, client, ns)

@@ -62,6 +62,8 @@ type planInput struct {
 	// to what (os.Readlink); nil means a real directory, and a missing
 	// entry (absent on the host) is skipped.
 	HostDirs map[string]string
+	// Security is what the runtime enforces (securityOf).
+	Security securitySpec
 }
 
 // hostVolume is a volume prepared on the host.
@@ -109,6 +111,7 @@ func buildSpec(in planInput) (containerSpec, error) {
 		LogPath:      in.LogPath,
 		Dir:          in.Dir,
 		InitArgs:     in.InitArgs,
+		Security:     in.Security,
 	}, nil
 }
 
@@ -133,8 +136,21 @@ func entrypoint(c *corev1.Container, entry string, env []string) []string {
 // containerMounts lists the steps that build a container's root, in
 // order: the host's system directories, /etc as a writable overlay, real
 // /proc, /sys and /dev, a private /tmp, the repository's binaries, the
-// pod's /etc files and the volumes (parents before children).
+// pod's /etc files and the volumes (parents before children); then, for a
+// container that is not privileged, the masked and read-only paths (as
+// runc applies them, after every other mount).
+//
+// The security spec changes some: /sys read-only, and at /sys/fs/cgroup
+// the container's own cgroup (v2) subtree, read-only, instead of the
+// node's hierarchies, when it has a private cgroup namespace; with a
+// read-only root, /etc, /tmp and /run (which on a node are part of the
+// image's root filesystem) and the runtime's /etc/resolv.conf and
+// /etc/hostname are read-only too, while the kubelet's /etc/hosts and
+// the volumes stay as mounted. The root itself is made read-only last,
+// by the start stage.
 func containerMounts(in planInput, entry string) ([]mountSpec, error) {
+	sec := in.Security
+	ro := sec.ReadOnlyRoot
 	var ms []mountSpec
 	for _, d := range hostDirs {
 		link, ok := in.HostDirs[d]
@@ -146,11 +162,15 @@ func containerMounts(in planInput, entry string) ([]mountSpec, error) {
 			ms = append(ms, mountSpec{Kind: mountBind, Source: d, Target: d, ReadOnly: true})
 		}
 	}
+	cgroupMount := mountSpec{Kind: mountRBind, Source: "/sys/fs/cgroup", Target: "/sys/fs/cgroup", Optional: true}
+	if sec.CgroupNS {
+		cgroupMount = mountSpec{Kind: mountCgroup2, Target: "/sys/fs/cgroup", ReadOnly: true}
+	}
 	ms = append(ms,
 		mountSpec{Kind: mountOverlay, Source: "/etc", Target: "/etc"},
 		mountSpec{Kind: mountProc, Target: "/proc"},
-		mountSpec{Kind: mountSysfs, Target: "/sys"},
-		mountSpec{Kind: mountRBind, Source: "/sys/fs/cgroup", Target: "/sys/fs/cgroup", Optional: true},
+		mountSpec{Kind: mountSysfs, Target: "/sys", ReadOnly: sec.ReadOnlySys},
+		cgroupMount,
 		mountSpec{Kind: mountRBind, Source: "/dev", Target: "/dev"},
 		mountSpec{Kind: mountTmpfs, Target: "/tmp"},
 		mountSpec{Kind: mountTmpfs, Target: "/run"},
@@ -162,16 +182,18 @@ func containerMounts(in planInput, entry string) ([]mountSpec, error) {
 	if strings.HasPrefix(entry, containerImageDir+"/") {
 		ms = append(ms, mountSpec{Kind: mountBind, Source: in.Binary, Target: entry, ReadOnly: true, File: true})
 	}
-	for _, f := range []struct{ src, dst string }{
-		{in.Files.ResolvConf, "/etc/resolv.conf"},
-		{in.Files.Hosts, "/etc/hosts"},
-		{in.Files.Hostname, "/etc/hostname"},
+	for _, f := range []struct {
+		src, dst string
+		ro       bool
+	}{
+		{in.Files.ResolvConf, "/etc/resolv.conf", ro},
+		{in.Files.Hosts, "/etc/hosts", false},
+		{in.Files.Hostname, "/etc/hostname", ro},
 	} {
 		if f.src != "" {
-			ms = append(ms, mountSpec{Kind: mountBind, Source: f.src, Target: f.dst, File: true})
+			ms = append(ms, mountSpec{Kind: mountBind, Source: f.src, Target: f.dst, File: true, ReadOnly: f.ro})
 		}
 	}
-
 	vms := slices.Clone(in.Container.VolumeMounts)
 	// Parents first, so that a volume mounted inside another is not
 	// hidden by it; otherwise the order of the spec.
@@ -209,6 +231,18 @@ func containerMounts(in planInput, entry string) ([]mountSpec, error) {
 			File:     isFile(src),
 			Owned:    !v.Host,
 		})
+	}
+	if ro {
+		// Last, once every mount point in them is made.
+		for _, d := range []string{"/etc", "/tmp", "/run"} {
+			ms = append(ms, mountSpec{Kind: mountReadOnly, Target: d})
+		}
+	}
+	for _, p := range sec.ReadonlyPaths {
+		ms = append(ms, mountSpec{Kind: mountReadOnly, Target: p, Optional: true})
+	}
+	for _, p := range sec.MaskedPaths {
+		ms = append(ms, mountSpec{Kind: mountMask, Target: p, Optional: true})
 	}
 	return ms, nil
 }

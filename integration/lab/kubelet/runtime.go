@@ -2,6 +2,7 @@ package kubelet
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -156,24 +157,22 @@ func (r *runtimeAPI) PortForward(ctx context.Context, namespace, pod string, por
 }
 
 // execIn runs cmd in a running container: the enter stage joins the
-// container's cgroups and execs nsenter, which joins its mount, UTS and
-// network namespaces and its root and working directory. The command
-// gets the container's environment. It returns the exit code.
+// container's cgroups and execs nsenter, which joins its mount, UTS,
+// network (and cgroup) namespaces and its root and working directory,
+// and the exec stage takes on the container's user and capabilities
+// (see runEnter). The command gets the container's environment. It
+// returns the exit code.
 func (k *Kubelet) execIn(ctx context.Context, t execTarget, cmd []string, stdin io.Reader, stdout, stderr io.WriteCloser,
 	tty bool, resize <-chan kubeletapi.TerminalSize) (int, error) {
 	if len(cmd) == 0 {
 		return 0, errors.New("exec: no command")
 	}
-	args := slices.Clone(k.cfg.InitArgs)
-	args = append(args, "enter")
-	for _, c := range t.cgroups {
-		args = append(args, "--cgroup", c)
+	spec, err := json.Marshal(enterSpec{PID: t.pid, Cgroups: t.cgroups, Nsenter: k.nsenter, InitArgs: k.cfg.InitArgs, Security: t.security})
+	if err != nil {
+		return 0, err
 	}
-	// --root and --wd without a value take the container's root and
-	// working directory (nsenter would open a path given here in the
-	// kubelet's root, before entering).
-	args = append(args, "--", k.nsenter, "--target", strconv.Itoa(t.pid), "--mount", "--uts", "--net",
-		"--root", "--wd", "--")
+	args := slices.Clone(k.cfg.InitArgs)
+	args = append(args, "enter", "--spec", string(spec), "--")
 	args = append(args, cmd...)
 	c := exec.CommandContext(ctx, "/proc/self/exe", args...)
 	c.Env = t.env
@@ -253,9 +252,10 @@ func exitCode(err error) (int, error) {
 
 // execTarget is what exec needs of a running container.
 type execTarget struct {
-	pid     int
-	cgroups []string
-	env     []string
+	pid      int
+	cgroups  []string
+	env      []string
+	security securitySpec
 }
 
 func (w *podWorker) execTarget(rt *ctrRuntime) (execTarget, error) {
@@ -265,5 +265,5 @@ func (w *podWorker) execTarget(rt *ctrRuntime) (execTarget, error) {
 	if inst == nil || inst.Exit != nil || inst.Started == nil || spec == nil || rt.exited {
 		return execTarget{}, errNotRunning
 	}
-	return execTarget{pid: inst.Started.PID, cgroups: inst.Cgroups, env: spec.Env}, nil
+	return execTarget{pid: inst.Started.PID, cgroups: inst.Cgroups, env: spec.Env, security: spec.Security}, nil
 }

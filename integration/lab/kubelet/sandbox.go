@@ -318,6 +318,10 @@ func resultIPs(res cnitypes.Result) ([]string, error) {
 type cgroups struct {
 	bases []string // per hierarchy: mount point + own cgroup + parent
 	self  []string // per hierarchy: the cgroup the kubelet moves to (Config.Cgroup), if any
+	// v2 says that one of them is the cgroup v2 hierarchy: containers
+	// that are not privileged get a cgroup namespace of their own, as
+	// containerd gives them on a cgroup v2 node.
+	v2 bool
 }
 
 // join moves the kubelet's process into its own cgroups (c.self),
@@ -396,6 +400,7 @@ func discoverCgroups(parent, self string) (*cgroups, error) {
 			continue
 		}
 		seen[mp] = true
+		cg.v2 = cg.v2 || fstype == "cgroup2"
 		cg.bases = append(cg.bases, filepath.Join(mp, rel, parent))
 		if self != "" {
 			cg.self = append(cg.self, filepath.Join(mp, rel, self))

@@ -48,6 +48,9 @@ type containerSpec struct {
 	// InitArgs are the arguments after /proc/self/exe that reach the
 	// container-init command (Config.InitArgs).
 	InitArgs []string `json:"initArgs"`
+	// Security is what the runtime enforces for the container's process
+	// and for exec (securityOf).
+	Security securitySpec `json:"security"`
 }
 
 // Mount kinds.
@@ -59,6 +62,13 @@ const (
 	mountSysfs   = "sysfs"   // a fresh sysfs (shows the container's network namespace)
 	mountSymlink = "symlink" // Target becomes a symlink to Source
 	mountOverlay = "overlay" // Source (host dir) as the lower layer, a tmpfs upper layer
+	mountCgroup2 = "cgroup2" // a fresh cgroup2 mount: the container's cgroup namespace's root
+	// mountReadOnly makes what is at Target read-only (a bind of it on
+	// itself, remounted read-only), as runc does for readonlyPaths.
+	mountReadOnly = "readonly"
+	// mountMask hides Target: an empty read-only tmpfs on a directory,
+	// /dev/null on a file, as runc does for maskedPaths.
+	mountMask = "mask"
 )
 
 // mountSpec is one step of building a container's root. Source is a host

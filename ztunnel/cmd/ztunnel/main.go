@@ -111,6 +111,9 @@ ztunnel_hbone_limit_in_use, _max and _refused_total show them.`,
 	f.StringVar(&cfg.RootCert, "root-cert", "/var/run/secrets/istio/root-cert.pem", "the mesh's trust bundle (ConfigMap cairn-root-cert)")
 	f.StringVar(&cfg.NetnsDir, "netns-dir", "/var/run/netns", "where the node's pod network namespaces are mounted")
 	f.StringVar(&cfg.ProcDir, "proc-dir", "/host/proc", "the node's /proc, as mounted: a running pod's network namespace is found through its processes' cgroup (needs CAP_SYS_PTRACE)")
+	f.StringVar(&cfg.SysctlDir, "sysctl-net-dir", "/host/proc-sys-net",
+		"the node's /proc/sys/net, as mounted writable (the container's own /proc/sys is read-only): each enrolled pod's network sysctls "+
+			"(net.netfilter.nf_conntrack_tcp_loose=0, without which the pod is not captured, and net.ipv4.tcp_migrate_req=1) are written through it from inside the pod's network namespace")
 	f.StringVar(&cfg.CNISocket, "cni-socket", "/var/run/cairn/cni.sock", "socket cairn-cni calls, as ztunnel sees it")
 	f.StringVar(&cfg.CNISocketHostPath, "cni-socket-host-path", "/var/run/cairn/cni.sock", "the same socket's path on the node (its hostPath volume path)")
 	f.StringVar(&cfg.CNIBinDir, "cni-bin-dir", "/host/opt/cni/bin", "the node's CNI plugin directory, as mounted")
