@@ -111,14 +111,18 @@ k8s-bins:
 
 # Unit tests run with -race. Integration tests (the integration package and
 # the lab) start their own etcd + kube-apiserver per package; two at a time
-# at most, since API server start-up is CPU-heavy on small machines.
+# at most, since API server start-up is CPU-heavy on small machines. They are
+# built with the flags of `build` (no cgo, -trimpath, the same tags), so on a
+# cold cache they reuse the packages compiled for the binaries instead of
+# compiling the whole dependency graph a third time (about 3 minutes on 2
+# cores).
 INTEGRATION_PKGS = $(shell $(GO) list ./integration/... | grep -E '/integration(/lab.*)?$$')
 UNIT_PKGS = $(shell $(GO) list ./... | grep -vE '/integration(/lab.*)?$$')
 
 .PHONY: test
 test: deps tools k8s-bins lab-bins
 	K8S_ASSETS=$(K8S_BIN) $(GO) test -race -count=1 $(UNIT_PKGS)
-	K8S_ASSETS=$(K8S_BIN) $(GO) test -count=1 -p 2 -timeout 20m $(INTEGRATION_PKGS)
+	K8S_ASSETS=$(K8S_BIN) CGO_ENABLED=0 $(GO) test -trimpath -tags '$(GOTAGS)' -count=1 -p 2 -timeout 20m $(INTEGRATION_PKGS)
 
 .PHONY: test-unit
 test-unit: deps tools

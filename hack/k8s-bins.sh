@@ -24,7 +24,7 @@ ldflags="-s -w \
  -X k8s.io/component-base/version.gitMinor=$minor \
  -X k8s.io/component-base/version.gitTreeState=clean \
  -X k8s.io/client-go/pkg/version.gitVersion=$version"
-echo "k8s-bins: building ${bins[*]} $version into $out (about 5-7 minutes on a cold cache)"
+echo "k8s-bins: building ${bins[*]} $version into $out (about 13 minutes on a 2-core machine with a cold Go cache, once)"
 start=$(date +%s)
 cd "$root/hack/k8s-bins"
 CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/" \
