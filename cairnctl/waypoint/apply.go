@@ -212,7 +212,7 @@ func applyGateway(ctx context.Context, c *kube.Clients, gw *gatewayv1.Gateway) (
 	case err != nil:
 		return nil, "", fmt.Errorf("reading Gateway %s/%s: %w", gw.Namespace, gw.Name, err)
 	case !waypointspec.IsWaypoint(existing):
-		return nil, "", fmt.Errorf("Gateway %s/%s exists and is not a waypoint (its class is %q): choose another name with --name",
+		return nil, "", fmt.Errorf("the Gateway %s/%s exists and is not a waypoint (its class is %q): choose another name with --name",
 			gw.Namespace, gw.Name, existing.Spec.GatewayClassName)
 	}
 	body, err := json.Marshal(applyObject(gw))

@@ -154,7 +154,7 @@ func getWaypoint(ctx context.Context, c *kube.Clients, namespace, name string) (
 	case err != nil:
 		return nil, fmt.Errorf("reading Gateway %s/%s: %w", namespace, name, err)
 	case !waypointspec.IsWaypoint(gw):
-		return nil, fmt.Errorf("Gateway %s/%s is not a waypoint (its class is %q, not %q)", namespace, name, gw.Spec.GatewayClassName, waypointspec.ClassName)
+		return nil, fmt.Errorf("the Gateway %s/%s is not a waypoint (its class is %q, not %q)", namespace, name, gw.Spec.GatewayClassName, waypointspec.ClassName)
 	}
 	return gw, nil
 }

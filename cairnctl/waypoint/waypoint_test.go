@@ -331,7 +331,7 @@ func TestApplyRefusesAGatewayThatIsNotAWaypoint(t *testing.T) {
 	ns := env.Namespace(t, ambientNS)
 	other := otherGateway(t, gc, ns, "waypoint")
 	msg := mustFail(t, cairnctl(t, kc, "apply", "-n", ns))
-	if want := fmt.Sprintf(`Gateway %s/waypoint exists and is not a waypoint (its class is "ingress"): choose another name with --name`, ns); msg != want {
+	if want := fmt.Sprintf(`the Gateway %s/waypoint exists and is not a waypoint (its class is "ingress"): choose another name with --name`, ns); msg != want {
 		t.Errorf("error %q, want %q", msg, want)
 	}
 	if got := getGateway(t, gc, ns, "waypoint"); got.ResourceVersion != other.ResourceVersion {
@@ -526,7 +526,7 @@ func TestDelete(t *testing.T) {
 	msg := mustFail(t, cairnctl(t, kc, "delete", "-n", ns, "nope", "ingress"))
 	for _, want := range []string{
 		fmt.Sprintf("waypoint %[1]s/nope not found (cairnctl waypoint list -n %[1]s shows the waypoints there)", ns),
-		fmt.Sprintf(`Gateway %s/ingress is not a waypoint (its class is "ingress", not "istio-waypoint")`, ns),
+		fmt.Sprintf(`the Gateway %s/ingress is not a waypoint (its class is "ingress", not "istio-waypoint")`, ns),
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error:\n%s\nwant it to contain:\n%s", msg, want)
