@@ -132,6 +132,15 @@ func (o *applyOptions) run(ctx context.Context, out, errOut io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(out, "waypoint %s/%s is programmed\n", ns, gw.Name)
+		if o.enroll {
+			// The wait may have been long: check the namespace again.
+			if nsObj, err = c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err != nil {
+				return fmt.Errorf("reading namespace %s: %w", ns, err)
+			}
+			if err := checkEnrollment(nsObj, o.name, o.overwrite); err != nil {
+				return err
+			}
+		}
 	}
 	if o.enroll {
 		return enrollNamespace(ctx, c, nsObj, gw.Name, out)

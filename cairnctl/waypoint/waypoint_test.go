@@ -585,10 +585,9 @@ func TestStatusShowsConditionsAndUsers(t *testing.T) {
 		"Addresses:   10.96.0.7 (IPAddress)\n",
 		"Programmed  True    Programmed",
 		"assigned to service waypoint",
-		"Used by:\n" +
-			"  namespace " + ns + " (istio.io/use-waypoint=waypoint)\n" +
-			"  service " + ns + "/reviews (istio.io/use-waypoint=waypoint)\n" +
-			"  service " + other + "/ratings (istio.io/use-waypoint=waypoint, istio.io/use-waypoint-namespace=" + ns + ")\n",
+		"Used by:\n  namespace " + ns + " (istio.io/use-waypoint=waypoint)\n",
+		"\n  service " + ns + "/reviews (istio.io/use-waypoint=waypoint)\n",
+		"\n  service " + other + "/ratings (istio.io/use-waypoint=waypoint, istio.io/use-waypoint-namespace=" + ns + ")\n",
 	} {
 		if !strings.Contains(wp, want) {
 			t.Errorf("status of the waypoint:\n%s\nwant it to contain:\n%s", wp, want)
@@ -671,17 +670,7 @@ func TestMissingGatewayAPI(t *testing.T) {
 		})
 	}))
 	t.Cleanup(srv.Close)
-	kc := filepath.Join(t.TempDir(), "kubeconfig")
-	cfg := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters: [{name: fake, cluster: {server: %q}}]
-users: [{name: fake, user: {}}]
-contexts: [{name: fake, context: {cluster: fake, user: fake}}]
-current-context: fake
-`, srv.URL)
-	if err := os.WriteFile(kc, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kc := fakeKubeconfig(t, srv.URL)
 	for _, args := range [][]string{{"apply", "-n", "shop"}, {"list", "-A"}, {"delete", "--all"}} {
 		err := cairnctl(t, kc, args...).err
 		if !errors.Is(err, errNoGatewayAPI) {
@@ -691,4 +680,38 @@ current-context: fake
 	if !strings.Contains(errNoGatewayAPI.Error(), "kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.6.3/standard-install.yaml") {
 		t.Errorf("the hint does not say what to install: %v", errNoGatewayAPI)
 	}
+}
+
+// TestRequestTimeoutBoundsAHangingServer: an API server that never answers
+// does not hang cairnctl past --request-timeout.
+func TestRequestTimeoutBoundsAHangingServer(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+	}))
+	t.Cleanup(srv.Close)
+	kc := fakeKubeconfig(t, srv.URL)
+	start := time.Now()
+	r := cairnctl(t, kc, "list", "-A", "--request-timeout", "500ms")
+	if r.err == nil {
+		t.Fatal("list against a server that never answers succeeded")
+	}
+	if took := time.Since(start); took > 30*time.Second {
+		t.Errorf("list took %v with --request-timeout 500ms", took)
+	}
+}
+
+func fakeKubeconfig(t *testing.T, server string) string {
+	t.Helper()
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: fake, cluster: {server: %q}}]
+users: [{name: fake, user: {}}]
+contexts: [{name: fake, context: {cluster: fake, user: fake}}]
+current-context: fake
+`, server)
+	if err := os.WriteFile(kc, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kc
 }
