@@ -423,6 +423,23 @@ func TestApplyWaitTimesOutSayingWhatIsMissing(t *testing.T) {
 		}
 	})
 
+	t.Run("programmed at an older generation", func(t *testing.T) {
+		ns := env.Namespace(t, ambientNS)
+		mustOK(t, cairnctl(t, kc, "apply", "-n", ns))
+		gw := getGateway(t, gc, ns, "waypoint")
+		gw.Status.Conditions = []metav1.Condition{{Type: "Programmed", Status: metav1.ConditionTrue, Reason: "Programmed",
+			ObservedGeneration: gw.Generation - 1, LastTransitionTime: metav1.Now()}}
+		if _, err := gc.GatewayV1().Gateways(ns).UpdateStatus(ctx(t), gw, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		msg := mustFail(t, cairnctl(t, kc, "apply", "-n", ns, "--wait", "--waypoint-timeout", "2s"))
+		want := fmt.Sprintf("Programmed=True was observed at generation %d, the Gateway is at generation %d: the controller has not caught up yet",
+			gw.Generation-1, gw.Generation)
+		if !strings.Contains(msg, want) {
+			t.Errorf("error:\n%s\nwant it to contain:\n%s", msg, want)
+		}
+	})
+
 	t.Run("not programmed", func(t *testing.T) {
 		ns := env.Namespace(t, ambientNS)
 		mustOK(t, cairnctl(t, kc, "apply", "-n", ns))
