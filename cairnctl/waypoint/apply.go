@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"time"
 
@@ -234,10 +235,12 @@ func applyGateway(ctx context.Context, c *kube.Clients, gw *gatewayv1.Gateway) (
 	if err != nil {
 		return nil, "", fmt.Errorf("applying Gateway %s/%s: %w", gw.Namespace, gw.Name, err)
 	}
+	// A repeated apply may still rewrite managedFields: what the user
+	// cares about is the spec (generation) and the labels.
 	switch {
 	case existing == nil:
 		return applied, "created", nil
-	case existing.ResourceVersion == applied.ResourceVersion:
+	case existing.Generation == applied.Generation && maps.Equal(existing.Labels, applied.Labels):
 		return applied, "unchanged", nil
 	}
 	return applied, "configured", nil

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -162,8 +163,8 @@ func TestApplyCreatesWaypointAndEnrollsNamespace(t *testing.T) {
 	if r.out != want {
 		t.Errorf("second apply, stdout:\n%s\nwant:\n%s", r.out, want)
 	}
-	if again := getGateway(t, gc, ns, "waypoint"); again.ResourceVersion != gw.ResourceVersion {
-		t.Errorf("second apply wrote the Gateway (resourceVersion %s -> %s)", gw.ResourceVersion, again.ResourceVersion)
+	if again := getGateway(t, gc, ns, "waypoint"); again.Generation != gw.Generation || !maps.Equal(again.Labels, gw.Labels) {
+		t.Errorf("second apply changed the Gateway (generation %d -> %d, labels %v -> %v)", gw.Generation, again.Generation, gw.Labels, again.Labels)
 	}
 }
 
@@ -618,7 +619,7 @@ func TestStatusShowsConditionsAndUsers(t *testing.T) {
 		"Why not:     no controller has taken it",
 		"Addresses:   <none>\n",
 		"Used by:\n  nothing: no namespace or Service is labelled istio.io/use-waypoint=idle; " +
-			"send a namespace's traffic through it with: kubectl label namespace " + ns + " istio.io/use-waypoint=idle\n",
+			"send a namespace's traffic through it with: kubectl label namespace " + ns + " istio.io/use-waypoint=idle",
 	} {
 		if !strings.Contains(idle, want) {
 			t.Errorf("status of the idle waypoint:\n%s\nwant it to contain:\n%s", idle, want)
