@@ -2,16 +2,24 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/cairnmesh/cairn/cairnctl/kube"
+	"github.com/cairnmesh/cairn/cairnctl/waypoint"
 	"github.com/cairnmesh/cairn/internal/version"
 )
 
 func main() {
-	if err := newRootCommand().Execute(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCommand().ExecuteContext(ctx)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "cairnctl:", err)
 		os.Exit(1)
 	}
@@ -25,11 +33,17 @@ func newRootCommand() *cobra.Command {
 
 Enroll a namespace in the mesh with plain kubectl:
 
-  kubectl label namespace shop istio.io/dataplane-mode=ambient`,
+  kubectl label namespace shop istio.io/dataplane-mode=ambient
+
+then give it a waypoint for L7 routing and authorization:
+
+  cairnctl waypoint apply -n shop --enroll-namespace --wait`,
 		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	var kf kube.Flags
+	kf.AddFlags(root.PersistentFlags())
 	root.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version of cairnctl",
@@ -39,5 +53,6 @@ Enroll a namespace in the mesh with plain kubectl:
 			return err
 		},
 	})
+	root.AddCommand(waypoint.Command(&kf))
 	return root
 }

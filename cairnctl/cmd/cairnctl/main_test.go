@@ -30,3 +30,31 @@ func TestUnknownCommandFails(t *testing.T) {
 		t.Fatal("an unknown subcommand succeeded, want an error")
 	}
 }
+
+func TestWaypointHelpListsSubcommandsAndConnectionFlags(t *testing.T) {
+	cmd := newRootCommand()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetArgs([]string{"waypoint", "apply", "--help"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"--enroll-namespace", "--overwrite", "--wait", "--waypoint-timeout", "--for", "--name",
+		"--kubeconfig", "--context", "--namespace", "--request-timeout"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("cairnctl waypoint apply --help does not mention %s:\n%s", want, out.String())
+		}
+	}
+	cmd = newRootCommand()
+	out.Reset()
+	cmd.SetOut(&out)
+	cmd.SetArgs([]string{"waypoint", "--help"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"apply", "delete", "generate", "list", "status"} {
+		if !strings.Contains(out.String(), "  "+want+" ") {
+			t.Errorf("cairnctl waypoint --help does not list %s:\n%s", want, out.String())
+		}
+	}
+}
