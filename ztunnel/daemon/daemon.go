@@ -8,26 +8,23 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/cairnmesh/cairn/internal/admin"
+	"github.com/cairnmesh/cairn/internal/drain"
 	"github.com/cairnmesh/cairn/internal/kubeclient"
 	"github.com/cairnmesh/cairn/internal/netns"
 	"github.com/cairnmesh/cairn/internal/nodepath"
-	"github.com/cairnmesh/cairn/ztunnel/admin"
 	"github.com/cairnmesh/cairn/ztunnel/capture"
 	"github.com/cairnmesh/cairn/ztunnel/certs"
 	"github.com/cairnmesh/cairn/ztunnel/cni"
@@ -191,7 +188,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Socket: nodepath.OnNode(node.Annotations, cfg.CNISocketHostPath),
 	}
 
-	var drain admin.Draining
+	var draining drain.State
 	sources := admin.Sources{
 		ConfigDump: map[string]func() any{
 			"workloads":    func() any { return store.Snapshot() },
@@ -224,31 +221,18 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	servers := []*namedServer{
-		{name: "cni", ln: cniLn, srv: &http.Server{Handler: &cni.Server{Handler: agent, Log: log.With("component", "cni")}, ReadHeaderTimeout: 10 * time.Second}},
-	}
-	for _, s := range []struct {
-		name, addr string
-		h          http.Handler
-	}{
-		{"admin", cfg.AdminAddress, admin.AdminHandler(sources, log)},
-		{"metrics", cfg.MetricsAddress, admin.MetricsHandler(reg)},
-		{"readiness", cfg.ReadinessAddress, admin.ReadinessHandler(sources, &drain)},
-	} {
-		ln, err := listenReusePort(ctx, s.addr)
-		if err != nil {
-			closeAll(servers)
-			return fmt.Errorf("%s server: %w", s.name, err)
-		}
-		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: operatorIdleTimeout}
-		if s.name != "admin" {
-			// Metrics and readiness answer anyone on the node's network:
-			// a client that stops reading must not hold a goroutine and
-			// its buffers. (The admin server is on localhost, and a CPU
-			// profile may take longer than the write timeout.)
-			srv.WriteTimeout = cfg.WriteTimeout
-		}
-		servers = append(servers, &namedServer{name: s.name, ln: ln, srv: srv})
+	// Metrics and readiness answer anyone on the node's network: a client
+	// that stops reading must not hold a goroutine and its buffers. (The
+	// admin server is on localhost, and a CPU profile may take longer than
+	// the write timeout.)
+	servers, err := admin.Listen(ctx, []admin.Endpoint{
+		{Name: "cni", Listener: cniLn, Handler: &cni.Server{Handler: agent, Log: log.With("component", "cni")}},
+		{Name: "admin", Addr: cfg.AdminAddress, Handler: admin.AdminHandler(sources, log), IdleTimeout: admin.DefaultIdleTimeout},
+		{Name: "metrics", Addr: cfg.MetricsAddress, Handler: admin.MetricsHandler(reg), IdleTimeout: admin.DefaultIdleTimeout, WriteTimeout: cfg.WriteTimeout},
+		{Name: "readiness", Addr: cfg.ReadinessAddress, Handler: admin.ReadinessHandler(sources, &draining), IdleTimeout: admin.DefaultIdleTimeout, WriteTimeout: cfg.WriteTimeout},
+	})
+	if err != nil {
+		return err
 	}
 
 	// Everything below runs until ctx ends; the mesh's proxies drain after.
@@ -265,14 +249,7 @@ func Run(ctx context.Context, cfg Config) error {
 		returnStartupMemory(gctx, xds.Synced(), agent.Synced, log)
 		return nil
 	})
-	for _, s := range servers {
-		g.Go(func() error {
-			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("%s server: %w", s.name, err)
-			}
-			return nil
-		})
-	}
+	servers.Serve(g)
 	log.Info("ztunnel running", "node", cfg.NodeName, "xds", cfg.XDSAddress, "cni_socket_on_node", install.Socket)
 
 	select {
@@ -280,13 +257,8 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-gctx.Done(): // a component failed
 	}
 	log.Info("draining", "handover", cfg.DrainHandover, "timeout", cfg.DrainTimeout)
-	drain.Set()
-	if gctx.Err() == nil {
-		time.Sleep(cfg.DrainHandover) // a successor binds the pods' ports meanwhile
-	}
-	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
-	mesh.Stop(dctx)
-	cancel()
+	// A successor binds the pods' ports during the handover.
+	drain.Run(gctx, &draining, cfg.DrainHandover, cfg.DrainTimeout, mesh.Stop)
 	if gone, err := daemonSetGone(kube, cfg.Namespace, cfg.DaemonSet); err == nil && gone {
 		// Uninstalled, not restarted: new pods must not wait for a
 		// ztunnel that will not come.
@@ -301,19 +273,13 @@ func Run(ctx context.Context, cfg Config) error {
 		cancel()
 	}
 	stopRun()
-	for _, s := range servers {
-		_ = s.srv.Close()
-	}
+	servers.Close()
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}
 	return err
 }
-
-// operatorIdleTimeout closes the operator endpoints' keep-alive
-// connections that send no request for this long.
-const operatorIdleTimeout = 2 * time.Minute
 
 // probeRulesInterval is how often ztunnel checks the node's probe rules:
 // it follows the kubelet into a new cgroup (a restart under systemd makes
@@ -397,34 +363,6 @@ func returnStartupMemory(ctx context.Context, xdsSynced <-chan struct{}, agentSy
 	}
 	debug.FreeOSMemory()
 	log.Debug("returned start-up memory")
-}
-
-type namedServer struct {
-	name string
-	ln   net.Listener
-	srv  *http.Server
-}
-
-func closeAll(servers []*namedServer) {
-	for _, s := range servers {
-		_ = s.ln.Close()
-	}
-}
-
-// listenReusePort listens with SO_REUSEPORT: during a rolling update the
-// new ztunnel (host network) binds the node's ports while the old one
-// still has them.
-func listenReusePort(ctx context.Context, addr string) (net.Listener, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	return lc.Listen(ctx, "tcp", addr)
 }
 
 // keepInstalled chains cairn-cni into the node's CNI configuration, and

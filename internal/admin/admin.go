@@ -1,7 +1,8 @@
-// Package admin serves ztunnel's operator endpoints: the admin port
-// (localhost only: /config_dump, /debug/connections, /debug/pprof/), the readiness port
-// (/healthz/ready, for the kubelet) and the metrics port (/metrics, for
-// Prometheus).
+// Package admin serves the operator endpoints of Cairn's proxies (ztunnel,
+// the waypoint): the admin port (localhost only: /config_dump,
+// /debug/connections, /debug/pprof/), the readiness port (/healthz/ready,
+// for the kubelet) and the metrics port (/metrics, for Prometheus), on
+// SO_REUSEPORT listeners so that a successor binds them during a rollout.
 package admin
 
 import (
@@ -9,10 +10,11 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cairnmesh/cairn/internal/drain"
 )
 
 // Sources are what the endpoints show; each returns a JSON-encodable value.
@@ -20,19 +22,12 @@ type Sources struct {
 	// ConfigDump holds named sections: workloads, certificates, pods, ...
 	ConfigDump  map[string]func() any
 	Connections func() any
-	// Ready reports whether ztunnel can serve: its configuration synced,
-	// its node's pods listed. When not ready, the detail says what it waits
+	// Ready reports whether the proxy can serve (ztunnel: its
+	// configuration synced, its node's pods listed). When not ready, the detail says what it waits
 	// for; when ready, a detail is a warning that does not fail the probe
-	// (configuration that may be stale: ztunnel serves on with it).
+	// (configuration that may be stale: the proxy serves on with it).
 	Ready func() (ready bool, detail string)
 }
-
-// Draining, once set, makes readiness fail while connections drain.
-type Draining struct{ v atomic.Bool }
-
-func (d *Draining) Set()           { d.v.Store(true) }
-func (d *Draining) Get() bool      { return d.v.Load() }
-func (d *Draining) reason() string { return "draining for shutdown" }
 
 // AdminHandler serves /config_dump and /debug/connections.
 func AdminHandler(src Sources, log *slog.Logger) http.Handler {
@@ -62,11 +57,11 @@ func AdminHandler(src Sources, log *slog.Logger) http.Handler {
 
 // ReadinessHandler serves /healthz/ready: 200 when ready and not draining,
 // with the warning of Sources.Ready, if any, in the body.
-func ReadinessHandler(src Sources, drain *Draining) http.Handler {
+func ReadinessHandler(src Sources, st *drain.State) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if drain.Get() {
-			http.Error(w, drain.reason(), http.StatusServiceUnavailable)
+		if st.Draining() {
+			http.Error(w, st.Reason(), http.StatusServiceUnavailable)
 			return
 		}
 		ok, detail := src.Ready()
