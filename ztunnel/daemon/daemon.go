@@ -34,7 +34,7 @@ import (
 	"github.com/cairnmesh/cairn/ztunnel/proxy"
 	"github.com/cairnmesh/cairn/ztunnel/state"
 	"github.com/cairnmesh/cairn/ztunnel/telemetry"
-	"github.com/cairnmesh/cairn/ztunnel/xdsclient"
+	"github.com/cairnmesh/cairn/internal/xdsclient"
 )
 
 // Config is ztunnel's configuration (its flags).
@@ -95,6 +95,9 @@ type Config struct {
 	AccessLog *slog.Logger
 }
 
+// UserAgent is the user_agent_name ztunnel's xDS client sends.
+const UserAgent = "cairn-ztunnel"
+
 // Run runs ztunnel until ctx ends, then drains and returns.
 func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
@@ -149,7 +152,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// Authorizations first: istiod-lite answers in subscription order,
 		// and the proxies decide nothing until both are in (state.Synced).
 		TypeURLs: []string{xdsclient.AuthorizationTypeURL, xdsclient.AddressTypeURL},
-		Registry: xdsclient.WorkloadRegistry(), Handler: storeHandler{store},
+		Registry: xdsclient.WorkloadRegistry(), Handler: storeHandler{store}, UserAgent: UserAgent,
 		NodeID:      xdsclient.NodeID(cfg.NodeName, cfg.PodName, cfg.Namespace),
 		Observer:    controlPlane,
 		Logger:      log.With("component", "xds"),

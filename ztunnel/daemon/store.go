@@ -8,7 +8,7 @@ import (
 	"github.com/cairnmesh/cairn/internal/spiffe"
 	"github.com/cairnmesh/cairn/ztunnel/certs"
 	"github.com/cairnmesh/cairn/ztunnel/state"
-	"github.com/cairnmesh/cairn/ztunnel/xdsclient"
+	"github.com/cairnmesh/cairn/internal/xdsclient"
 )
 
 // storeHandler applies workload discovery to the state store. The store

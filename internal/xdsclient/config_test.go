@@ -16,6 +16,8 @@ func TestNewChecksConfig(t *testing.T) {
 			TypeURLs:  []string{AddressTypeURL, AuthorizationTypeURL},
 			Handler:   h,
 			NodeID:    "n~p.ns",
+			UserAgent: testUserAgent,
+			Registry:  WorkloadRegistry(),
 			Roots:     newTestRoots(x509.NewCertPool()),
 			TokenFile: "/var/run/secrets/tokens/istio-token",
 		}
@@ -33,6 +35,8 @@ func TestNewChecksConfig(t *testing.T) {
 		{"unregistered type", func(c *Config) { c.TypeURLs = []string{"type.googleapis.com/x.Y"} }, "no message type registered"},
 		{"no handler", func(c *Config) { c.Handler = nil }, "no Handler"},
 		{"no node", func(c *Config) { c.NodeID = "" }, "no NodeID"},
+		{"no registry", func(c *Config) { c.Registry = nil }, "no Registry"},
+		{"no user agent", func(c *Config) { c.UserAgent = "" }, "no UserAgent"},
 		{"max below base", func(c *Config) { c.BackoffBase, c.BackoffMax = 2, 1 }, "back-off"},
 		{"no roots", func(c *Config) { c.Roots = nil }, "no Roots"},
 		{"no credentials", func(c *Config) { c.TokenFile = "" }, "unauthenticated"},
@@ -51,7 +55,7 @@ func TestNewChecksConfig(t *testing.T) {
 		}
 	}
 
-	insecure := Config{TypeURLs: []string{AddressTypeURL}, Handler: h, NodeID: "n", Insecure: true}
+	insecure := Config{TypeURLs: []string{AddressTypeURL}, Handler: h, NodeID: "n", UserAgent: testUserAgent, Registry: WorkloadRegistry(), Insecure: true}
 	if _, err := New(insecure); err != nil {
 		t.Errorf("insecure config: %v", err)
 	}
@@ -63,6 +67,8 @@ func TestDefaultsAndNode(t *testing.T) {
 		Handler:      HandlerFunc(func(Update) error { return nil }),
 		NodeID:       NodeID("worker-1", "ztunnel-x7k2p", "cairn-system"),
 		NodeMetadata: map[string]string{"NODE_NAME": "worker-1"},
+		UserAgent:    "cairn-waypoint",
+		Registry:     WorkloadRegistry(),
 		Insecure:     true,
 	})
 	if err != nil {
@@ -79,7 +85,7 @@ func TestDefaultsAndNode(t *testing.T) {
 	if got := c.node.GetMetadata().GetFields()["NODE_NAME"]; got.StringValue == nil || got.GetStringValue() != "worker-1" {
 		t.Errorf("node metadata %v", c.node.GetMetadata())
 	}
-	if c.node.GetUserAgentName() != UserAgentName || c.node.UserAgentVersion == nil {
+	if c.node.GetUserAgentName() != "cairn-waypoint" || c.node.UserAgentVersion == nil {
 		t.Errorf("node user agent %q version %v", c.node.GetUserAgentName(), c.node.UserAgentVersion)
 	}
 }
@@ -93,6 +99,7 @@ func TestNodeMustMarshal(t *testing.T) {
 		"metadata value": {NodeID: "n", NodeMetadata: map[string]string{"k": "\xff"}},
 	} {
 		cfg.TypeURLs, cfg.Handler, cfg.Insecure = []string{AddressTypeURL}, HandlerFunc(func(Update) error { return nil }), true
+		cfg.UserAgent, cfg.Registry = testUserAgent, WorkloadRegistry()
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New accepted a node whose %s is not UTF-8", name)
 		}
@@ -117,3 +124,6 @@ func TestRegistry(t *testing.T) {
 		t.Error("the factory returns the same message twice")
 	}
 }
+
+// testUserAgent is the user agent of the tests' clients.
+const testUserAgent = "cairn-test"

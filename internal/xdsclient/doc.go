@@ -1,7 +1,9 @@
-// Package xdsclient is ztunnel's side of workload discovery: a delta ADS
-// client (DeltaAggregatedResources) that keeps a Handler current with the
-// resources istiod-lite serves, such as cairn.workload.v1.Address and
-// cairn.workload.v1.Authorization.
+// Package xdsclient is the proxies' side of xDS: a delta ADS client
+// (DeltaAggregatedResources) that keeps a Handler current with the
+// resources istiod-lite serves, of the types its caller registers: for
+// ztunnel, cairn.workload.v1.Address and cairn.workload.v1.Authorization
+// (WorkloadRegistry); for the waypoint, Envoy's types, registered in
+// waypoint/ so that this package links no Envoy API.
 //
 // # Protocol
 //
@@ -41,7 +43,8 @@
 // Run reconnects forever, with exponential back-off and jitter, until its
 // context ends. The control plane's certificate is verified against Roots
 // as they are at each handshake, and a change of the roots ends the wait at
-// once: after a CA root rotation the client reconnects without a restart. The Handler is never cleared: while the control plane is
-// unreachable ztunnel keeps forwarding with the last configuration it
+// once: after a CA root rotation the client reconnects without a restart.
+// The Handler is never cleared: while the control plane is unreachable a
+// proxy keeps forwarding with the last configuration it
 // accepted, which is safer than forgetting every workload and policy.
 package xdsclient

@@ -27,7 +27,7 @@ func TestMethodIsEnvoys(t *testing.T) {
 }
 
 // TestLinksNoEnvoyAPI keeps go-control-plane (and the xDS protos it brings)
-// out of the package, and so out of ztunnel: registering their descriptors
+// out of the package, and so out of ztunnel (TestZtunnelLinksNoEnvoyAPI in the module root checks the binary as a whole): registering their descriptors
 // at start-up is what the package's own messages avoid. Only its tests use
 // them, to check the wire format.
 func TestLinksNoEnvoyAPI(t *testing.T) {

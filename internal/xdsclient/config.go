@@ -45,12 +45,16 @@ type Config struct {
 	// TypeURLs are the types subscribed to (wildcard), in this order.
 	// Required; each must be in Registry.
 	TypeURLs []string
-	// Registry decodes the resources of each type. Nil means
-	// WorkloadRegistry().
+	// Registry decodes the resources of each type. Required: the caller
+	// names its own types (ztunnel: WorkloadRegistry), so that no proxy
+	// links message types it does not use.
 	Registry Registry
 	// Handler receives every response. Required.
 	Handler Handler
 
+	// UserAgent is the Node's user_agent_name, naming the kind of client
+	// ("cairn-ztunnel", "cairn-waypoint"). Required.
+	UserAgent string
 	// NodeID identifies this client in the control plane's logs and debug
 	// pages; see NodeID for the form ztunnel uses. Required.
 	NodeID string
@@ -103,9 +107,6 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ServerName == "" {
 		c.ServerName = DefaultServerName
 	}
-	if c.Registry == nil {
-		c.Registry = WorkloadRegistry()
-	}
 	if c.BackoffBase == 0 {
 		c.BackoffBase = DefaultBackoffBase
 	}
@@ -127,6 +128,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, errors.New("no type URLs to subscribe to")
 	case c.Handler == nil:
 		return c, errors.New("no Handler")
+	case c.Registry == nil:
+		return c, errors.New("no Registry")
+	case c.UserAgent == "":
+		return c, errors.New("no UserAgent")
 	case c.NodeID == "":
 		return c, errors.New("no NodeID")
 	case c.BackoffBase < 0 || c.BackoffMax < c.BackoffBase:

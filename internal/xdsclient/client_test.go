@@ -38,8 +38,8 @@ func subscribe(t *testing.T, fs *fakeStream, nodeID string) map[string]map[strin
 			t.Fatalf("request %d: want a wildcard subscription, got subscribe %v unsubscribe %v",
 				i, req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe())
 		}
-		if i == 0 && (req.GetNode().GetId() != nodeID || req.GetNode().GetUserAgentName() != UserAgentName) {
-			t.Fatalf("first request: node %v, want id %q and user agent %q", req.GetNode(), nodeID, UserAgentName)
+		if i == 0 && (req.GetNode().GetId() != nodeID || req.GetNode().GetUserAgentName() != testUserAgent) {
+			t.Fatalf("first request: node %v, want id %q and user agent %q", req.GetNode(), nodeID, testUserAgent)
 		}
 		known[url] = req.GetInitialResourceVersions()
 	}

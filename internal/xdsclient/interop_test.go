@@ -74,6 +74,8 @@ func TestGoControlPlaneServer(t *testing.T) {
 		TypeURLs:    []string{AddressTypeURL, AuthorizationTypeURL},
 		Handler:     handler,
 		NodeID:      NodeID("node-a", "ztunnel-x", "cairn-system"),
+		UserAgent:   testUserAgent,
+		Registry:    WorkloadRegistry(),
 		Insecure:    true,
 		BackoffBase: time.Millisecond,
 		BackoffMax:  20 * time.Millisecond,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -11,50 +12,90 @@ import (
 
 	workloadv1 "github.com/cairnmesh/cairn/apis/workload/v1"
 	xdsv1 "github.com/cairnmesh/cairn/apis/xdsclient/v1"
-	"github.com/cairnmesh/cairn/ztunnel/state"
 )
 
-// storeHandler applies updates to a state.Store the way ztunnel's daemon
-// does (ztunnel/daemon/store.go): the store's partial rejections become a
-// RejectedError naming the resources it refused.
-type storeHandler struct{ store *state.Store }
+// fuzzHandler holds the resources it accepts by type and name, and refuses
+// one by one those that are not valid (refusesValue), as ztunnel's state
+// store does: the property checked below is about the client, whatever
+// the handler refuses. (ztunnel's store itself is fuzzed by FuzzApply in
+// ztunnel/state and by integration/policyfuzz.)
+type fuzzHandler struct {
+	held map[string]map[string]proto.Message
+}
 
-func (h storeHandler) Apply(u Update) error {
-	err := h.store.Apply(u.TypeURL, u.Resources, u.Removed)
-	var partial *state.ApplyError
-	if errors.As(err, &partial) {
-		names := make([]string, 0, len(partial.Rejected))
-		for _, r := range partial.Rejected {
-			names = append(names, r.Name)
+func newFuzzHandler() *fuzzHandler {
+	return &fuzzHandler{held: map[string]map[string]proto.Message{AddressTypeURL: {}, AuthorizationTypeURL: {}}}
+}
+
+// refusesValue: a workload without a namespace, a service without a
+// hostname, an authorization of an unknown scope or action.
+func refusesValue(m proto.Message) bool {
+	switch v := m.(type) {
+	case *workloadv1.Address:
+		if w := v.GetWorkload(); w != nil {
+			return w.GetNamespace() == "" || w.GetUid() == ""
 		}
-		return &RejectedError{Names: names, Err: err}
+		if svc := v.GetService(); svc != nil {
+			return svc.GetHostname() == ""
+		}
+		return true
+	case *workloadv1.Authorization:
+		_, scope := workloadv1.Scope_name[int32(v.GetScope())]
+		_, action := workloadv1.Action_name[int32(v.GetAction())]
+		return !scope || !action
 	}
-	return err
+	return true
+}
+
+func (h *fuzzHandler) Apply(u Update) error {
+	held, ok := h.held[u.TypeURL]
+	if !ok {
+		return errors.New("unknown type " + u.TypeURL)
+	}
+	var refused []string
+	for name, m := range u.Resources {
+		if refusesValue(m) {
+			refused = append(refused, name)
+			continue
+		}
+		held[name] = m
+	}
+	for _, name := range u.Removed {
+		delete(held, name)
+	}
+	if len(refused) > 0 {
+		slices.Sort(refused)
+		return &RejectedError{Names: refused, Err: errors.New("refused " + strings.Join(refused, ", "))}
+	}
+	return nil
 }
 
 // FuzzHandle feeds the xDS client up to three delta responses as wire bytes,
-// handled one after the other as they would arrive on one stream, with
-// ztunnel's state store behind it. After each one it checks:
+// handled one after the other as they would arrive on one stream, with a
+// handler behind it that refuses some resources one by one. After each one
+// it checks:
 //   - no panic;
 //   - the reply names the response's type and nonce, and is a NACK exactly
 //     when something of the response was refused;
 //   - the resources the client would report as held on a reconnect
 //     (initial_resource_versions) are exactly those the store holds, each
-//     with the version of the response that brought the value the store
-//     has: a resource ztunnel refused must never be reported as held, or
-//     the control plane would not send it again (a DENY policy that never
-//     applies), and one it holds must be reported.
+//     with the version of the response that brought the value the handler
+//     has: a resource the handler refused must never be reported as held,
+//     or the control plane would not send it again (a DENY policy that
+//     never applies), and one it holds must be reported.
 func FuzzHandle(f *testing.F) {
 	for _, seed := range handleSeeds() {
 		f.Add(seed[0], seed[1], seed[2])
 	}
 	f.Fuzz(func(t *testing.T, first, second, third []byte) {
-		store := state.NewStore()
+		store := newFuzzHandler()
 		c, err := New(Config{
-			TypeURLs: []string{AddressTypeURL, AuthorizationTypeURL},
-			Handler:  storeHandler{store},
-			NodeID:   "node",
-			Insecure: true,
+			TypeURLs:  []string{AddressTypeURL, AuthorizationTypeURL},
+			Handler:   store,
+			NodeID:    "node",
+			UserAgent: testUserAgent,
+			Registry:  WorkloadRegistry(),
+			Insecure:  true,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -66,7 +107,7 @@ func FuzzHandle(f *testing.F) {
 			if proto.Unmarshal(b, &resp) != nil {
 				continue // gRPC fails the stream; nothing reaches handle
 			}
-			before := store.Snapshot()
+			before := store.snapshot()
 			reply := c.handle(&resp)
 			if reply.GetTypeUrl() != resp.GetTypeUrl() || reply.GetResponseNonce() != resp.GetNonce() {
 				t.Fatalf("reply for %q nonce %q names %q nonce %q", resp.GetTypeUrl(), resp.GetNonce(), reply.GetTypeUrl(), reply.GetResponseNonce())
@@ -75,13 +116,13 @@ func FuzzHandle(f *testing.F) {
 			url := resp.GetTypeUrl()
 			h, subscribed := held[url]
 			if !subscribed {
-				if !nack || store.Snapshot() != before {
+				if !nack || !store.equal(before) {
 					t.Fatalf("a response of the unsubscribed type %q was ACKed or changed the store", url)
 				}
 				continue
 			}
 			// What the store holds now, by name, and which names changed.
-			after := store.Snapshot()
+			after := store.snapshot()
 			for _, r := range resp.GetResources() {
 				name := r.GetName()
 				old, now := lookup(before, url, name), lookup(after, url, name)
@@ -117,45 +158,47 @@ func FuzzHandle(f *testing.F) {
 	})
 }
 
+// handlerSnapshot is what the handler held at one moment, by type and name
+// (the messages are never modified once held).
+type handlerSnapshot map[string]map[string]proto.Message
+
+func (h *fuzzHandler) snapshot() handlerSnapshot {
+	s := make(handlerSnapshot, len(h.held))
+	for url, m := range h.held {
+		s[url] = maps.Clone(m)
+	}
+	return s
+}
+
+// equal reports whether h holds exactly the messages of s.
+func (h *fuzzHandler) equal(s handlerSnapshot) bool {
+	return maps.EqualFunc(h.held, s, func(a, b map[string]proto.Message) bool {
+		return maps.EqualFunc(a, b, func(x, y proto.Message) bool { return x == y })
+	})
+}
+
 // lookup returns the message the snapshot holds under name, or nil.
-func lookup(s *state.Snapshot, url, name string) proto.Message {
-	switch url {
-	case AddressTypeURL:
-		if w := s.Workload(name); w != nil {
-			return w
-		}
-		if svc := s.Service(name); svc != nil {
-			return svc
-		}
-	case AuthorizationTypeURL:
-		if a := s.Authorization(name); a != nil {
-			return a
-		}
+func lookup(s handlerSnapshot, url, name string) proto.Message {
+	if m, ok := s[url][name]; ok {
+		return m
 	}
 	return nil
 }
 
-// decodeAs decodes a resource as the store keeps it: the Workload or
-// Service of an Address, or the Authorization.
+// decodeAs decodes a resource as the handler keeps it.
 func decodeAs(url string, a *anypb.Any) (proto.Message, error) {
 	if a.GetTypeUrl() != url {
 		return nil, errors.New("another type")
 	}
+	var m proto.Message
 	switch url {
 	case AddressTypeURL:
-		var addr workloadv1.Address
-		if err := proto.Unmarshal(a.GetValue(), &addr); err != nil {
-			return nil, err
-		}
-		if w := addr.GetWorkload(); w != nil {
-			return w, nil
-		}
-		return addr.GetService(), nil
+		m = &workloadv1.Address{}
 	default:
-		var p workloadv1.Authorization
-		err := proto.Unmarshal(a.GetValue(), &p)
-		return &p, err
+		m = &workloadv1.Authorization{}
 	}
+	err := proto.Unmarshal(a.GetValue(), m)
+	return m, err
 }
 
 // hasDuplicateOrBoth reports a response that delta xDS forbids even when

@@ -299,6 +299,8 @@ func (h *harness) config(handler Handler, obs Observer) Config {
 		TypeURLs:    []string{AddressTypeURL, AuthorizationTypeURL},
 		Handler:     handler,
 		NodeID:      NodeID("node-a", "ztunnel-x", "cairn-system"),
+		UserAgent:   testUserAgent,
+		Registry:    WorkloadRegistry(),
 		Roots:       roots,
 		TokenFile:   token,
 		BackoffBase: time.Millisecond,

@@ -18,9 +18,6 @@ import (
 	"github.com/cairnmesh/cairn/internal/version"
 )
 
-// UserAgentName is the Node's user_agent_name.
-const UserAgentName = "cairn-ztunnel"
-
 // Client keeps a Handler current with the control plane. Create it with
 // New, start it with Run, and wait for Synced before serving traffic.
 type Client struct {
@@ -69,7 +66,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	c.node = &xdsv1.Node{
 		Id:               cfg.NodeID,
-		UserAgentName:    UserAgentName,
+		UserAgentName:    cfg.UserAgent,
 		UserAgentVersion: proto.String(version.Version()),
 	}
 	if len(cfg.NodeMetadata) > 0 {
