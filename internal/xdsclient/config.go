@@ -28,7 +28,7 @@ const (
 )
 
 // Roots is the trust bundle the control plane's certificate must chain to
-// (ztunnel's is certs.Bundle).
+// (ztunnel's is identity.Bundle).
 type Roots interface {
 	// Pool returns the current roots; it is called at every handshake.
 	Pool() *x509.CertPool

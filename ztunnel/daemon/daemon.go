@@ -22,11 +22,12 @@ import (
 
 	"github.com/cairnmesh/cairn/internal/admin"
 	"github.com/cairnmesh/cairn/internal/drain"
+	"github.com/cairnmesh/cairn/internal/identity"
 	"github.com/cairnmesh/cairn/internal/kubeclient"
 	"github.com/cairnmesh/cairn/internal/netns"
 	"github.com/cairnmesh/cairn/internal/nodepath"
+	"github.com/cairnmesh/cairn/internal/xdsclient"
 	"github.com/cairnmesh/cairn/ztunnel/capture"
-	"github.com/cairnmesh/cairn/ztunnel/certs"
 	"github.com/cairnmesh/cairn/ztunnel/cni"
 	"github.com/cairnmesh/cairn/ztunnel/enroll"
 	"github.com/cairnmesh/cairn/ztunnel/hbone"
@@ -34,7 +35,6 @@ import (
 	"github.com/cairnmesh/cairn/ztunnel/proxy"
 	"github.com/cairnmesh/cairn/ztunnel/state"
 	"github.com/cairnmesh/cairn/ztunnel/telemetry"
-	"github.com/cairnmesh/cairn/internal/xdsclient"
 )
 
 // Config is ztunnel's configuration (its flags).
@@ -125,14 +125,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	bundle, err := certs.NewBundle(certs.BundleConfig{Path: cfg.RootCert, TrustDomain: cfg.TrustDomain, Logger: log.With("component", "bundle")})
+	bundle, err := identity.NewBundle(identity.BundleConfig{Path: cfg.RootCert, TrustDomain: cfg.TrustDomain, Logger: log.With("component", "bundle")})
 	if err != nil {
 		return fmt.Errorf("trust bundle: %w", err)
 	}
 	// Ping istiod-lite every 30 s (it allows 15 s), so that a dead
 	// connection is replaced in seconds, not after TCP's minutes.
 	ping := grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true})
-	mgr, err := certs.New(certs.Config{
+	mgr, err := identity.New(identity.Config{
 		Address: cfg.CAAddress, ServerName: cfg.ServerName, TokenFile: cfg.TokenFile, Bundle: bundle,
 		Logger: log.With("component", "certs"), DialOptions: []grpc.DialOption{ping},
 	})

@@ -1,5 +1,6 @@
-// Package certs holds ztunnel's workload certificates and the trust
-// bundle they are verified with.
+// Package identity holds the workload certificates of Cairn's proxies and
+// the trust bundle they are verified with: ztunnel's, one per service
+// account with pods on its node, and the waypoint's own (Single).
 //
 // # Identities
 //
@@ -8,7 +9,9 @@
 // Many pods share an account, so the Manager holds one certificate per
 // identity, counted by pods: the pod lifecycle calls Want when a pod
 // arrives and Release when it leaves, and the last Release starts a grace
-// period (Config.Linger) after which the certificate is dropped.
+// period (Config.Linger) after which the certificate is dropped. A
+// waypoint holds one identity, its own, for its whole life: Single wants
+// it once and never releases it.
 //
 // # Obtaining a certificate
 //
@@ -53,4 +56,4 @@
 // Manager.Run and Bundle.Run own every goroutine of the package, one per
 // identity and one poller, and return only once all of them ended with
 // their context.
-package certs
+package identity
