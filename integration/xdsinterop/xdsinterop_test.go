@@ -29,8 +29,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	workloadv1 "github.com/cairnmesh/cairn/apis/workload/v1"
-	"github.com/cairnmesh/cairn/istiod-lite/xds"
 	"github.com/cairnmesh/cairn/internal/xdsclient"
+	"github.com/cairnmesh/cairn/istiod-lite/xds"
 )
 
 // wait bounds every wait; nothing should come near it.
