@@ -6,15 +6,17 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+
+	"github.com/cairnmesh/cairn/internal/cpconn"
 )
 
 // Defaults of Config.
 const (
 	// DefaultAddress is istiod-lite's gRPC port in the default install.
-	DefaultAddress = "istiod.cairn-system.svc:15012"
+	DefaultAddress = cpconn.DefaultAddress
 	// DefaultServerName is the name istiod-lite's certificate carries in
 	// the default install: istiod.<namespace>.svc.
-	DefaultServerName = "istiod.cairn-system.svc"
+	DefaultServerName = cpconn.DefaultServerName
 	// DefaultLinger is how long a certificate outlives the last pod of its
 	// identity on the node. A pod that is replaced (a crash loop, a
 	// rollout with surge 0, a Job run again) then finds its certificate
@@ -39,13 +41,21 @@ const (
 
 // Config configures a Manager.
 type Config struct {
+	// Conn is the connection to istiod-lite, shared with the xDS client;
+	// the caller runs and closes it, and it must send the token of
+	// TokenFile (cpconn.Config.TokenFile). When it is set, Address,
+	// ServerName and DialOptions must be empty. When it is nil, Run makes
+	// a connection of its own from those fields, TokenFile and Bundle.
+	Conn *cpconn.Conn
 	// Address is the CA's host:port; DefaultAddress if empty.
 	Address string
 	// ServerName is the DNS name the CA's certificate must carry,
 	// istiod.<namespace>.svc; DefaultServerName if empty.
 	ServerName string
-	// TokenFile holds ztunnel's own projected service account token with
-	// audience istio-ca. It is read for every request. Required.
+	// TokenFile holds the proxy's own projected service account token with
+	// audience istio-ca. It is read before every request, so that a missing
+	// token is reported as such (ReasonToken); the connection sends it.
+	// Required.
 	TokenFile string
 	// Bundle verifies the CA's certificate and every chain the CA returns.
 	// Required; the caller runs it.
@@ -73,8 +83,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Observer gets metrics events; NopObserver if nil.
 	Observer Observer
-	// DialOptions are added to the CA connection's, after the transport
-	// credentials (a custom dialer, for example).
+	// DialOptions are added to the CA connection's own (without Conn),
+	// after the transport credentials (a custom dialer, for example).
 	DialOptions []grpc.DialOption
 }
 
@@ -85,13 +95,16 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Bundle == nil {
 		return c, errors.New("bundle is required")
 	}
+	if c.Conn != nil && (c.Address != "" || c.ServerName != "" || len(c.DialOptions) > 0) {
+		return c, errors.New("a Manager given a Conn takes no Address, ServerName or DialOptions: the connection has them")
+	}
 	if c.TTL < 0 || c.Linger < 0 || c.RequestTimeout < 0 || c.BackoffBase < 0 || c.BackoffMax < 0 || c.MaxInFlight < 0 || c.RotationSpread < 0 {
 		return c, errors.New("durations and MaxInFlight must not be negative")
 	}
-	if c.Address == "" {
+	if c.Conn == nil && c.Address == "" {
 		c.Address = DefaultAddress
 	}
-	if c.ServerName == "" {
+	if c.Conn == nil && c.ServerName == "" {
 		c.ServerName = DefaultServerName
 	}
 	if c.Linger == 0 {

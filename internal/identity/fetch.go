@@ -5,9 +5,9 @@ import (
 	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
 
 	cav1 "github.com/cairnmesh/cairn/apis/ca/v1"
+	"github.com/cairnmesh/cairn/internal/cpconn"
 	"github.com/cairnmesh/cairn/internal/pki"
 	"github.com/cairnmesh/cairn/internal/spiffe"
 )
@@ -17,8 +17,9 @@ import (
 // rotation), a CSR naming id, CreateCertificate with ztunnel's current
 // token, and the answer verified. On failure it says which step failed.
 func (m *Manager) fetch(ctx context.Context, client cav1.CertificateServiceClient, id spiffe.Identity) (*x509svid.SVID, Reason, error) {
-	token, err := readToken(m.cfg.TokenFile)
-	if err != nil {
+	// The connection sends the token (once per call); reading it here
+	// first tells a missing token apart from the CA's refusal.
+	if _, err := cpconn.ReadToken(m.cfg.TokenFile); err != nil {
 		return nil, ReasonToken, err
 	}
 	key, err := pki.GenerateKey()
@@ -44,7 +45,7 @@ func (m *Manager) fetch(ctx context.Context, client cav1.CertificateServiceClien
 	resp, err := client.CreateCertificate(ctx, &cav1.CreateCertificateRequest{
 		Csr:             string(csr),
 		ValiditySeconds: int64(m.cfg.TTL.Seconds()),
-	}, grpc.PerRPCCredentials(bearer(token)))
+	})
 	if err != nil {
 		return nil, ReasonCA, fmt.Errorf("CreateCertificate: %w", err)
 	}

@@ -11,11 +11,9 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	cav1 "github.com/cairnmesh/cairn/apis/ca/v1"
-	"github.com/cairnmesh/cairn/internal/pki"
+	"github.com/cairnmesh/cairn/internal/cpconn"
 	"github.com/cairnmesh/cairn/internal/spiffe"
 )
 
@@ -125,29 +123,33 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	// istiod's certificate must chain to the trust bundle as it is at each
 	// handshake: a root rotation needs no restart.
-	creds := credentials.NewTLS(pki.ServerClientConfig(m.cfg.ServerName, m.cfg.Bundle.Pool))
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, m.cfg.DialOptions...)
-	conn, err := grpc.NewClient(m.cfg.Address, opts...)
-	if err != nil {
-		m.mu.Unlock()
-		return fmt.Errorf("certs: client for %s: %w", m.cfg.Address, err)
+	conn, own := m.cfg.Conn, false
+	if conn == nil {
+		var err error
+		conn, err = cpconn.Dial(cpconn.Config{
+			Address: m.cfg.Address, ServerName: m.cfg.ServerName, Roots: m.cfg.Bundle, TokenFile: m.cfg.TokenFile,
+			DialOptions: m.cfg.DialOptions, Logger: m.log,
+		})
+		if err != nil {
+			m.mu.Unlock()
+			return fmt.Errorf("certs: %w", err)
+		}
+		own = true
+		defer conn.Close()
 	}
-	defer conn.Close()
-	m.phase, m.runCtx, m.client = running, ctx, cav1.NewCertificateServiceClient(conn)
+	m.phase, m.runCtx, m.client = running, ctx, cav1.NewCertificateServiceClient(conn.ClientConn())
 	for _, e := range m.entries {
 		m.startLocked(e)
 	}
 	m.mu.Unlock()
 
-	// After a change of the roots, a connection that failed for want of
-	// the new one is tried again at once, not after gRPC's back-off.
-	for changed := m.cfg.Bundle.Changed(); ctx.Err() == nil; {
-		select {
-		case <-ctx.Done():
-		case <-changed:
-			changed = m.cfg.Bundle.Changed()
-			conn.ResetConnectBackoff()
-		}
+	if own {
+		// After a change of the roots, a connection that failed for want
+		// of the new one is tried again at once, not after gRPC's back-off.
+		// (A shared connection's owner runs it.)
+		_ = conn.Run(ctx)
+	} else {
+		<-ctx.Done()
 	}
 	m.mu.Lock()
 	m.phase = afterRun // no worker starts from now on

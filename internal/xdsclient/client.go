@@ -9,11 +9,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/connectivity"
 	"google.golang.org/protobuf/proto"
 
 	xdsv1 "github.com/cairnmesh/cairn/apis/xdsclient/v1"
+	"github.com/cairnmesh/cairn/internal/cpconn"
 	"github.com/cairnmesh/cairn/internal/retry"
 	"github.com/cairnmesh/cairn/internal/version"
 )
@@ -26,9 +25,9 @@ type Client struct {
 	obs     Observer
 	handler Handler
 	node    *xdsv1.Node
-	dial    []grpc.DialOption
 
 	// The state below belongs to Run's goroutine.
+	address string // of the connection, for logs
 	types   map[string]*typeState
 	order   []*typeState // subscription order
 	pending int          // types whose first response has not been applied
@@ -59,7 +58,6 @@ func New(cfg Config) (*Client, error) {
 		log:     cfg.Logger,
 		obs:     cfg.Observer,
 		handler: cfg.Handler,
-		dial:    dialOptions(cfg),
 		types:   make(map[string]*typeState, len(cfg.TypeURLs)),
 		pending: len(cfg.TypeURLs),
 		synced:  make(chan struct{}),
@@ -109,18 +107,22 @@ func (c *Client) Run(ctx context.Context) error {
 	if !c.started.CompareAndSwap(false, true) {
 		return errors.New("xdsclient: Run called twice")
 	}
-	conn, err := grpc.NewClient(c.cfg.Address, c.dial...)
-	if err != nil {
-		return fmt.Errorf("xdsclient: client for %s: %w", c.cfg.Address, err)
+	conn := c.cfg.Conn
+	if conn == nil {
+		var err error
+		if conn, err = cpconn.Dial(connConfig(c.cfg)); err != nil {
+			return fmt.Errorf("xdsclient: %w", err)
+		}
+		defer conn.Close()
 	}
-	defer conn.Close()
+	c.address = conn.Address()
 
 	bo := &retry.Backoff{Base: c.cfg.BackoffBase, Max: c.cfg.BackoffMax}
 	for {
 		// Taken before the attempt, so that a change of the roots during
 		// it also cuts the wait after it short.
-		changed := c.nextRootsChange()
-		lived, err := c.stream(ctx, conn)
+		changed := conn.Changed()
+		lived, err := c.stream(ctx, conn.ClientConn())
 		if ctx.Err() != nil {
 			c.log.Info("xDS client stopped")
 			return nil
@@ -129,7 +131,7 @@ func (c *Client) Run(ctx context.Context) error {
 			bo.Reset()
 		}
 		delay := bo.Next()
-		c.log.Warn("xDS stream failed, retrying", "address", c.cfg.Address, "err", err,
+		c.log.Warn("xDS stream failed, retrying", "address", c.address, "err", err,
 			"connected_for", lived.Round(time.Millisecond), "failures", bo.Failures(), "retry_in", delay.Round(time.Millisecond))
 		c.obs.Retrying(bo.Failures(), delay, err)
 		switch sleep(ctx, delay, changed) {
@@ -140,36 +142,8 @@ func (c *Client) Run(ctx context.Context) error {
 			// The failure may have been istiod-lite's certificate from a
 			// root that was not trusted yet: try again now, and let gRPC
 			// dial at once too.
-			c.log.Info("trust bundle changed: reconnecting to the control plane now", "address", c.cfg.Address)
-			awaitReconnect(ctx, conn)
-		}
-	}
-}
-
-// awaitReconnect makes gRPC dial again at once, without its back-off, and
-// waits (up to MinConnectTimeout) for that attempt to end: a stream opened
-// before it would fail at once with the previous attempt's error.
-func awaitReconnect(ctx context.Context, conn *grpc.ClientConn) {
-	ctx, cancel := context.WithTimeout(ctx, minConnectTimeout)
-	defer cancel()
-	conn.ResetConnectBackoff()
-	attempted := false
-	for {
-		s := conn.GetState()
-		switch s {
-		case connectivity.Ready, connectivity.Shutdown:
-			return
-		case connectivity.Connecting:
-			attempted = true
-		case connectivity.Idle:
-			conn.Connect()
-		case connectivity.TransientFailure:
-			if attempted {
-				return
-			}
-		}
-		if !conn.WaitForStateChange(ctx, s) {
-			return
+			c.log.Info("trust bundle changed: reconnecting to the control plane now", "address", c.address)
+			conn.Reconnect(ctx)
 		}
 	}
 }
@@ -181,15 +155,6 @@ const (
 	stopped
 	rootsChanged
 )
-
-// nextRootsChange returns the channel closed at the next change of the roots
-// (nil, never closed, for an Insecure client).
-func (c *Client) nextRootsChange() <-chan struct{} {
-	if c.cfg.Roots == nil {
-		return nil
-	}
-	return c.cfg.Roots.Changed()
-}
 
 // sleep waits for d, or less: until ctx ends or changed is closed.
 func sleep(ctx context.Context, d time.Duration, changed <-chan struct{}) wakeReason {

@@ -2,22 +2,23 @@ package xdsclient
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"google.golang.org/grpc"
+
+	"github.com/cairnmesh/cairn/internal/cpconn"
 )
 
 // Defaults of Config.
 const (
 	// DefaultAddress is istiod-lite's xDS port, through its Service.
-	DefaultAddress = "istiod.cairn-system.svc:15012"
+	DefaultAddress = cpconn.DefaultAddress
 	// DefaultServerName is the name istiod-lite's serving certificate is
 	// issued for, whatever address the client dials.
-	DefaultServerName = "istiod.cairn-system.svc"
+	DefaultServerName = cpconn.DefaultServerName
 	// DefaultBackoffBase is the first wait after a failed attempt.
 	DefaultBackoffBase = 500 * time.Millisecond
 	// DefaultBackoffMax bounds the wait between attempts.
@@ -29,16 +30,17 @@ const (
 
 // Roots is the trust bundle the control plane's certificate must chain to
 // (ztunnel's is identity.Bundle).
-type Roots interface {
-	// Pool returns the current roots; it is called at every handshake.
-	Pool() *x509.CertPool
-	// Changed returns a channel that is closed at the next change of the
-	// roots: a client waiting to reconnect then tries again at once.
-	Changed() <-chan struct{}
-}
+type Roots = cpconn.Roots
 
 // Config configures a Client. New reads it once.
 type Config struct {
+	// Conn is the connection to the control plane, shared with the CA
+	// client; the caller runs and closes it. When it is set, Address,
+	// Roots, ServerName, TokenFile, GetClientCertificate, Insecure and
+	// DialOptions must be empty: the connection has them. When it is nil,
+	// the client makes its own connection from those fields.
+	Conn *cpconn.Conn
+
 	// Address is the control plane's gRPC target, in grpc.NewClient syntax.
 	// Empty means DefaultAddress.
 	Address string
@@ -82,8 +84,9 @@ type Config struct {
 	// Roots, TokenFile and GetClientCertificate must then be empty.
 	Insecure bool
 
-	// BackoffBase and BackoffMax bound the waits between reconnection
-	// attempts; zero means DefaultBackoffBase and DefaultBackoffMax.
+	// BackoffBase and BackoffMax bound the waits between stream attempts
+	// (and, for a connection of the client's own, gRPC's between connection
+	// attempts); zero means DefaultBackoffBase and DefaultBackoffMax.
 	BackoffBase, BackoffMax time.Duration
 	// StableAfter is how long a stream must have lived for the back-off to
 	// start over when it ends. Zero means DefaultStableAfter.
@@ -101,10 +104,14 @@ type Config struct {
 // withDefaults fills the zero fields that have defaults and checks the
 // rest.
 func (c Config) withDefaults() (Config, error) {
-	if c.Address == "" {
+	if c.Conn != nil && (c.Address != "" || c.ServerName != "" || c.Roots != nil || c.TokenFile != "" ||
+		c.GetClientCertificate != nil || c.Insecure || len(c.DialOptions) > 0) {
+		return c, errors.New("a client given a Conn takes no Address, ServerName, Roots, TokenFile, GetClientCertificate, Insecure or DialOptions: the connection has them")
+	}
+	if c.Conn == nil && c.Address == "" {
 		c.Address = DefaultAddress
 	}
-	if c.ServerName == "" {
+	if c.Conn == nil && c.ServerName == "" {
 		c.ServerName = DefaultServerName
 	}
 	if c.BackoffBase == 0 {
@@ -150,6 +157,9 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 
+	if c.Conn != nil {
+		return c, nil
+	}
 	if c.Insecure {
 		if c.Roots != nil || c.TokenFile != "" || c.GetClientCertificate != nil {
 			return c, errors.New("an Insecure client takes no Roots, TokenFile or GetClientCertificate: credentials must not travel in plaintext")

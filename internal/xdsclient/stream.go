@@ -69,7 +69,7 @@ func (c *Client) stream(ctx context.Context, conn grpc.ClientConnInterface) (tim
 			return time.Since(opened), fmt.Errorf("subscribing to %s: %w", t.label, err)
 		}
 	}
-	c.log.Info("xDS stream open", "address", c.cfg.Address, "node", c.cfg.NodeID, "types", len(c.order), "held", held)
+	c.log.Info("xDS stream open", "address", c.address, "node", c.cfg.NodeID, "types", len(c.order), "held", held)
 	c.obs.Connected()
 
 	err = c.serve(s)

@@ -17,10 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/keepalive"
 
 	"github.com/cairnmesh/cairn/internal/admin"
+	"github.com/cairnmesh/cairn/internal/cpconn"
 	"github.com/cairnmesh/cairn/internal/drain"
 	"github.com/cairnmesh/cairn/internal/identity"
 	"github.com/cairnmesh/cairn/internal/kubeclient"
@@ -129,12 +128,19 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("trust bundle: %w", err)
 	}
-	// Ping istiod-lite every 30 s (it allows 15 s), so that a dead
+	// One connection to istiod-lite for the CA and xDS (two if they are
+	// at different addresses): TLS verified against the trust bundle as it
+	// is at each handshake, so a CA root rotation needs no restart;
+	// keepalive pings every 30 s (cpconn.DefaultKeepalive), so that a dead
 	// connection is replaced in seconds, not after TCP's minutes.
-	ping := grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true})
+	conns, err := controlPlaneConns(cfg, bundle, log.With("component", "cpconn"))
+	if err != nil {
+		return err
+	}
+	defer conns.close()
 	mgr, err := identity.New(identity.Config{
-		Address: cfg.CAAddress, ServerName: cfg.ServerName, TokenFile: cfg.TokenFile, Bundle: bundle,
-		Logger: log.With("component", "certs"), DialOptions: []grpc.DialOption{ping},
+		Conn: conns.ca, TokenFile: cfg.TokenFile, Bundle: bundle,
+		Logger: log.With("component", "certs"),
 	})
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
@@ -148,15 +154,14 @@ func Run(ctx context.Context, cfg Config) error {
 	// trust bundle as it is at each handshake: a CA root rotation needs no
 	// ztunnel restart.
 	xds, err := xdsclient.New(xdsclient.Config{
-		Address: cfg.XDSAddress, ServerName: cfg.ServerName, Roots: bundle, TokenFile: cfg.TokenFile,
+		Conn: conns.xds,
 		// Authorizations first: istiod-lite answers in subscription order,
 		// and the proxies decide nothing until both are in (state.Synced).
 		TypeURLs: []string{xdsclient.AuthorizationTypeURL, xdsclient.AddressTypeURL},
 		Registry: xdsclient.WorkloadRegistry(), Handler: storeHandler{store}, UserAgent: UserAgent,
-		NodeID:      xdsclient.NodeID(cfg.NodeName, cfg.PodName, cfg.Namespace),
-		Observer:    controlPlane,
-		Logger:      log.With("component", "xds"),
-		DialOptions: []grpc.DialOption{ping},
+		NodeID:   xdsclient.NodeID(cfg.NodeName, cfg.PodName, cfg.Namespace),
+		Observer: controlPlane,
+		Logger:   log.With("component", "xds"),
 	})
 	if err != nil {
 		return fmt.Errorf("xDS client: %w", err)
@@ -243,6 +248,9 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopRun()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return bundle.Run(gctx) })
+	for _, c := range conns.distinct() {
+		g.Go(func() error { return c.Run(gctx) })
+	}
 	g.Go(func() error { return mgr.Run(gctx) })
 	g.Go(func() error { return xds.Run(gctx) })
 	g.Go(func() error { return agent.Run(gctx) })
@@ -282,6 +290,49 @@ func Run(ctx context.Context, cfg Config) error {
 		err = nil
 	}
 	return err
+}
+
+// cpConns are the connections to istiod-lite: one, shared, when the CA
+// and xDS are at the same address (the default).
+type cpConns struct{ ca, xds *cpconn.Conn }
+
+func controlPlaneConns(cfg Config, bundle *identity.Bundle, log *slog.Logger) (*cpConns, error) {
+	dial := func(addr string) (*cpconn.Conn, error) {
+		c, err := cpconn.Dial(cpconn.Config{
+			Address: addr, ServerName: cfg.ServerName, Roots: bundle, TokenFile: cfg.TokenFile, Logger: log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("connection to istiod-lite: %w", err)
+		}
+		return c, nil
+	}
+	ca, err := dial(cfg.CAAddress)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.XDSAddress == cfg.CAAddress {
+		return &cpConns{ca: ca, xds: ca}, nil
+	}
+	xds, err := dial(cfg.XDSAddress)
+	if err != nil {
+		_ = ca.Close()
+		return nil, err
+	}
+	return &cpConns{ca: ca, xds: xds}, nil
+}
+
+func (c *cpConns) distinct() []*cpconn.Conn {
+	if c.ca == c.xds {
+		return []*cpconn.Conn{c.ca}
+	}
+	return []*cpconn.Conn{c.ca, c.xds}
+}
+
+// close closes the connections, once every client of them returned.
+func (c *cpConns) close() {
+	for _, conn := range c.distinct() {
+		_ = conn.Close()
+	}
 }
 
 // probeRulesInterval is how often ztunnel checks the node's probe rules:
