@@ -174,3 +174,17 @@ func TestCommandsLinkNoTestCode(t *testing.T) {
 		}
 	}
 }
+
+// TestZtunnelLinksNoEnvoyAPI keeps go-control-plane's generated Envoy types
+// (and the xDS protos they bring) out of ztunnel's binary, whatever package
+// would bring them in: registering their descriptors at start-up costs
+// every node megabytes of binary and RSS (docs/performance.md). The
+// waypoint's Envoy registry lives in waypoint/; internal/xdsclient's own
+// test (TestLinksNoEnvoyAPI) guards that package only.
+func TestZtunnelLinksNoEnvoyAPI(t *testing.T) {
+	for _, p := range goList(t, "-deps", module+"/ztunnel/cmd/ztunnel") {
+		if strings.HasPrefix(p.ImportPath, "github.com/envoyproxy/") || strings.HasPrefix(p.ImportPath, "github.com/cncf/xds/") {
+			t.Errorf("ztunnel links %s", p.ImportPath)
+		}
+	}
+}

@@ -29,8 +29,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	workloadv1 "github.com/cairnmesh/cairn/apis/workload/v1"
+	"github.com/cairnmesh/cairn/internal/xdsclient"
 	"github.com/cairnmesh/cairn/istiod-lite/xds"
-	"github.com/cairnmesh/cairn/ztunnel/xdsclient"
 )
 
 // wait bounds every wait; nothing should come near it.
@@ -248,6 +248,8 @@ func TestZtunnelClientWithIstiodLite(t *testing.T) {
 		TypeURLs:     []string{addrURL, authzURL},
 		Handler:      st,
 		NodeID:       nodeID,
+		UserAgent:    "cairn-ztunnel",
+		Registry:     xdsclient.WorkloadRegistry(),
 		NodeMetadata: map[string]string{"NODE_NAME": "node-a"},
 		Insecure:     true,
 		BackoffBase:  time.Millisecond,

@@ -8,28 +8,25 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/keepalive"
 
+	"github.com/cairnmesh/cairn/internal/admin"
+	"github.com/cairnmesh/cairn/internal/cpconn"
+	"github.com/cairnmesh/cairn/internal/drain"
+	"github.com/cairnmesh/cairn/internal/identity"
 	"github.com/cairnmesh/cairn/internal/kubeclient"
 	"github.com/cairnmesh/cairn/internal/netns"
 	"github.com/cairnmesh/cairn/internal/nodepath"
-	"github.com/cairnmesh/cairn/ztunnel/admin"
+	"github.com/cairnmesh/cairn/internal/xdsclient"
 	"github.com/cairnmesh/cairn/ztunnel/capture"
-	"github.com/cairnmesh/cairn/ztunnel/certs"
 	"github.com/cairnmesh/cairn/ztunnel/cni"
 	"github.com/cairnmesh/cairn/ztunnel/enroll"
 	"github.com/cairnmesh/cairn/ztunnel/hbone"
@@ -37,7 +34,6 @@ import (
 	"github.com/cairnmesh/cairn/ztunnel/proxy"
 	"github.com/cairnmesh/cairn/ztunnel/state"
 	"github.com/cairnmesh/cairn/ztunnel/telemetry"
-	"github.com/cairnmesh/cairn/ztunnel/xdsclient"
 )
 
 // Config is ztunnel's configuration (its flags).
@@ -98,6 +94,9 @@ type Config struct {
 	AccessLog *slog.Logger
 }
 
+// UserAgent is the user_agent_name ztunnel's xDS client sends.
+const UserAgent = "cairn-ztunnel"
+
 // Run runs ztunnel until ctx ends, then drains and returns.
 func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
@@ -125,16 +124,23 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	bundle, err := certs.NewBundle(certs.BundleConfig{Path: cfg.RootCert, TrustDomain: cfg.TrustDomain, Logger: log.With("component", "bundle")})
+	bundle, err := identity.NewBundle(identity.BundleConfig{Path: cfg.RootCert, TrustDomain: cfg.TrustDomain, Logger: log.With("component", "bundle")})
 	if err != nil {
 		return fmt.Errorf("trust bundle: %w", err)
 	}
-	// Ping istiod-lite every 30 s (it allows 15 s), so that a dead
+	// One connection to istiod-lite for the CA and xDS (two if they are
+	// at different addresses): TLS verified against the trust bundle as it
+	// is at each handshake, so a CA root rotation needs no restart;
+	// keepalive pings every 30 s (cpconn.DefaultKeepalive), so that a dead
 	// connection is replaced in seconds, not after TCP's minutes.
-	ping := grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true})
-	mgr, err := certs.New(certs.Config{
-		Address: cfg.CAAddress, ServerName: cfg.ServerName, TokenFile: cfg.TokenFile, Bundle: bundle,
-		Logger: log.With("component", "certs"), DialOptions: []grpc.DialOption{ping},
+	conns, err := controlPlaneConns(cfg, bundle, log.With("component", "cpconn"))
+	if err != nil {
+		return err
+	}
+	defer conns.close()
+	mgr, err := identity.New(identity.Config{
+		Conn: conns.ca, TokenFile: cfg.TokenFile, Bundle: bundle,
+		Logger: log.With("component", "certs"),
 	})
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
@@ -148,15 +154,14 @@ func Run(ctx context.Context, cfg Config) error {
 	// trust bundle as it is at each handshake: a CA root rotation needs no
 	// ztunnel restart.
 	xds, err := xdsclient.New(xdsclient.Config{
-		Address: cfg.XDSAddress, ServerName: cfg.ServerName, Roots: bundle, TokenFile: cfg.TokenFile,
+		Conn: conns.xds,
 		// Authorizations first: istiod-lite answers in subscription order,
 		// and the proxies decide nothing until both are in (state.Synced).
 		TypeURLs: []string{xdsclient.AuthorizationTypeURL, xdsclient.AddressTypeURL},
-		Registry: xdsclient.WorkloadRegistry(), Handler: storeHandler{store},
-		NodeID:      xdsclient.NodeID(cfg.NodeName, cfg.PodName, cfg.Namespace),
-		Observer:    controlPlane,
-		Logger:      log.With("component", "xds"),
-		DialOptions: []grpc.DialOption{ping},
+		Registry: xdsclient.WorkloadRegistry(), Handler: storeHandler{store}, UserAgent: UserAgent,
+		NodeID:   xdsclient.NodeID(cfg.NodeName, cfg.PodName, cfg.Namespace),
+		Observer: controlPlane,
+		Logger:   log.With("component", "xds"),
 	})
 	if err != nil {
 		return fmt.Errorf("xDS client: %w", err)
@@ -191,7 +196,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Socket: nodepath.OnNode(node.Annotations, cfg.CNISocketHostPath),
 	}
 
-	var drain admin.Draining
+	var draining drain.State
 	sources := admin.Sources{
 		ConfigDump: map[string]func() any{
 			"workloads":    func() any { return store.Snapshot() },
@@ -224,31 +229,18 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	servers := []*namedServer{
-		{name: "cni", ln: cniLn, srv: &http.Server{Handler: &cni.Server{Handler: agent, Log: log.With("component", "cni")}, ReadHeaderTimeout: 10 * time.Second}},
-	}
-	for _, s := range []struct {
-		name, addr string
-		h          http.Handler
-	}{
-		{"admin", cfg.AdminAddress, admin.AdminHandler(sources, log)},
-		{"metrics", cfg.MetricsAddress, admin.MetricsHandler(reg)},
-		{"readiness", cfg.ReadinessAddress, admin.ReadinessHandler(sources, &drain)},
-	} {
-		ln, err := listenReusePort(ctx, s.addr)
-		if err != nil {
-			closeAll(servers)
-			return fmt.Errorf("%s server: %w", s.name, err)
-		}
-		srv := &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: operatorIdleTimeout}
-		if s.name != "admin" {
-			// Metrics and readiness answer anyone on the node's network:
-			// a client that stops reading must not hold a goroutine and
-			// its buffers. (The admin server is on localhost, and a CPU
-			// profile may take longer than the write timeout.)
-			srv.WriteTimeout = cfg.WriteTimeout
-		}
-		servers = append(servers, &namedServer{name: s.name, ln: ln, srv: srv})
+	// Metrics and readiness answer anyone on the node's network: a client
+	// that stops reading must not hold a goroutine and its buffers. (The
+	// admin server is on localhost, and a CPU profile may take longer than
+	// the write timeout.)
+	servers, err := admin.Listen(ctx, []admin.Endpoint{
+		{Name: "cni", Listener: cniLn, Handler: &cni.Server{Handler: agent, Log: log.With("component", "cni")}},
+		{Name: "admin", Addr: cfg.AdminAddress, Handler: admin.AdminHandler(sources, log), IdleTimeout: admin.DefaultIdleTimeout},
+		{Name: "metrics", Addr: cfg.MetricsAddress, Handler: admin.MetricsHandler(reg), IdleTimeout: admin.DefaultIdleTimeout, WriteTimeout: cfg.WriteTimeout},
+		{Name: "readiness", Addr: cfg.ReadinessAddress, Handler: admin.ReadinessHandler(sources, &draining), IdleTimeout: admin.DefaultIdleTimeout, WriteTimeout: cfg.WriteTimeout},
+	})
+	if err != nil {
+		return err
 	}
 
 	// Everything below runs until ctx ends; the mesh's proxies drain after.
@@ -256,6 +248,9 @@ func Run(ctx context.Context, cfg Config) error {
 	defer stopRun()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return bundle.Run(gctx) })
+	for _, c := range conns.distinct() {
+		g.Go(func() error { return c.Run(gctx) })
+	}
 	g.Go(func() error { return mgr.Run(gctx) })
 	g.Go(func() error { return xds.Run(gctx) })
 	g.Go(func() error { return agent.Run(gctx) })
@@ -265,14 +260,7 @@ func Run(ctx context.Context, cfg Config) error {
 		returnStartupMemory(gctx, xds.Synced(), agent.Synced, log)
 		return nil
 	})
-	for _, s := range servers {
-		g.Go(func() error {
-			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("%s server: %w", s.name, err)
-			}
-			return nil
-		})
-	}
+	servers.Serve(g)
 	log.Info("ztunnel running", "node", cfg.NodeName, "xds", cfg.XDSAddress, "cni_socket_on_node", install.Socket)
 
 	select {
@@ -280,13 +268,8 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-gctx.Done(): // a component failed
 	}
 	log.Info("draining", "handover", cfg.DrainHandover, "timeout", cfg.DrainTimeout)
-	drain.Set()
-	if gctx.Err() == nil {
-		time.Sleep(cfg.DrainHandover) // a successor binds the pods' ports meanwhile
-	}
-	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
-	mesh.Stop(dctx)
-	cancel()
+	// A successor binds the pods' ports during the handover.
+	drain.Run(gctx, &draining, cfg.DrainHandover, cfg.DrainTimeout, mesh.Stop)
 	if gone, err := daemonSetGone(kube, cfg.Namespace, cfg.DaemonSet); err == nil && gone {
 		// Uninstalled, not restarted: new pods must not wait for a
 		// ztunnel that will not come.
@@ -301,9 +284,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cancel()
 	}
 	stopRun()
-	for _, s := range servers {
-		_ = s.srv.Close()
-	}
+	servers.Close()
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -311,9 +292,48 @@ func Run(ctx context.Context, cfg Config) error {
 	return err
 }
 
-// operatorIdleTimeout closes the operator endpoints' keep-alive
-// connections that send no request for this long.
-const operatorIdleTimeout = 2 * time.Minute
+// cpConns are the connections to istiod-lite: one, shared, when the CA
+// and xDS are at the same address (the default).
+type cpConns struct{ ca, xds *cpconn.Conn }
+
+func controlPlaneConns(cfg Config, bundle *identity.Bundle, log *slog.Logger) (*cpConns, error) {
+	dial := func(addr string) (*cpconn.Conn, error) {
+		c, err := cpconn.Dial(cpconn.Config{
+			Address: addr, ServerName: cfg.ServerName, Roots: bundle, TokenFile: cfg.TokenFile, Logger: log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("connection to istiod-lite: %w", err)
+		}
+		return c, nil
+	}
+	ca, err := dial(cfg.CAAddress)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.XDSAddress == cfg.CAAddress {
+		return &cpConns{ca: ca, xds: ca}, nil
+	}
+	xds, err := dial(cfg.XDSAddress)
+	if err != nil {
+		_ = ca.Close()
+		return nil, err
+	}
+	return &cpConns{ca: ca, xds: xds}, nil
+}
+
+func (c *cpConns) distinct() []*cpconn.Conn {
+	if c.ca == c.xds {
+		return []*cpconn.Conn{c.ca}
+	}
+	return []*cpconn.Conn{c.ca, c.xds}
+}
+
+// close closes the connections, once every client of them returned.
+func (c *cpConns) close() {
+	for _, conn := range c.distinct() {
+		_ = conn.Close()
+	}
+}
 
 // probeRulesInterval is how often ztunnel checks the node's probe rules:
 // it follows the kubelet into a new cgroup (a restart under systemd makes
@@ -397,34 +417,6 @@ func returnStartupMemory(ctx context.Context, xdsSynced <-chan struct{}, agentSy
 	}
 	debug.FreeOSMemory()
 	log.Debug("returned start-up memory")
-}
-
-type namedServer struct {
-	name string
-	ln   net.Listener
-	srv  *http.Server
-}
-
-func closeAll(servers []*namedServer) {
-	for _, s := range servers {
-		_ = s.ln.Close()
-	}
-}
-
-// listenReusePort listens with SO_REUSEPORT: during a rolling update the
-// new ztunnel (host network) binds the node's ports while the old one
-// still has them.
-func listenReusePort(ctx context.Context, addr string) (net.Listener, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	return lc.Listen(ctx, "tcp", addr)
 }
 
 // keepInstalled chains cairn-cni into the node's CNI configuration, and

@@ -5,10 +5,10 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/cairnmesh/cairn/internal/identity"
 	"github.com/cairnmesh/cairn/internal/spiffe"
-	"github.com/cairnmesh/cairn/ztunnel/certs"
+	"github.com/cairnmesh/cairn/internal/xdsclient"
 	"github.com/cairnmesh/cairn/ztunnel/state"
-	"github.com/cairnmesh/cairn/ztunnel/xdsclient"
 )
 
 // storeHandler applies workload discovery to the state store. The store
@@ -31,6 +31,6 @@ func (h storeHandler) Apply(u xdsclient.Update) error {
 
 // identities adapts the certificate manager to what enrolment and the
 // proxies ask of it.
-type identities struct{ *certs.Manager }
+type identities struct{ *identity.Manager }
 
 func (i identities) Source(id spiffe.Identity) x509svid.Source { return i.Manager.Source(id) }

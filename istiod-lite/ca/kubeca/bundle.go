@@ -216,7 +216,7 @@ func (c *Controller) Run(ctx context.Context) error {
 // first, then the others as the Secret lists them. Proxies read the first
 // root as the one new certificates come from: when a switch of the signer
 // brings another root first, they renew the certificates they hold from
-// the old root (see ztunnel/certs), so that the old root can be removed
+// the old root (see internal/identity), so that the old root can be removed
 // from the bundle without any peer holding a certificate the others refuse.
 func signingFirst(ca *pki.CA, roots []*x509.Certificate) []*x509.Certificate {
 	root := ca.Root()
