@@ -22,8 +22,9 @@ import (
 // BuildBinaries builds the lab command into labBin, and the echo server,
 // istiod-lite, ztunnel and cairn-cni into <repo>/bin, where the lab's
 // images cairn/<name> find them, so that a suite runs the checkout. They
-// are built without cgo and with the grpcnotrace tag, as `make build`
-// builds them.
+// are built as `make build` builds them (no cgo, -trimpath, the
+// grpcnotrace tag), so that a suite started by make test reuses the
+// packages compiled for bin/ rather than compiling them again.
 func BuildBinaries(repo, labBin string) error {
 	bin := filepath.Join(repo, "bin") + "/"
 	for _, b := range []struct{ out, pkg string }{
@@ -33,7 +34,7 @@ func BuildBinaries(repo, labBin string) error {
 		{bin, "./ztunnel/cmd/ztunnel"},
 		{bin, "./ztunnel/cmd/cairn-cni"},
 	} {
-		cmd := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", b.out, b.pkg)
+		cmd := exec.Command("go", "build", "-trimpath", "-tags", "grpcnotrace", "-o", b.out, b.pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Dir = repo
 		if out, err := cmd.CombinedOutput(); err != nil {

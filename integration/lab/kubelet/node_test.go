@@ -459,8 +459,10 @@ func buildEcho(t testing.TB) string {
 		t.Fatal(err)
 	}
 	bin := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", bin+"/", "./integration/apps/echo/cmd/echoserver")
+	// The flags of `make build`, so that the packages compiled for bin/ serve.
+	cmd := exec.Command("go", "build", "-trimpath", "-tags", "grpcnotrace", "-o", bin+"/", "./integration/apps/echo/cmd/echoserver")
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
