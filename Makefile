@@ -145,8 +145,9 @@ test-prepare: k8s-bins deps tools lab-bins race-build
 
 # The unit tests' packages, what their tests import, and all their
 # dependencies, compiled with -race into the build cache, where `go test
-# -race` finds them. (go build takes only packages with non-test files.)
-RACE_BUILD_PKGS = $(shell $(GO) list -f '{{if .GoFiles}}{{.ImportPath}}{{end}}' \
+# -race` finds them. Not main packages: go build would link each one only to
+# throw it away; nor test-only packages, which go build refuses.
+RACE_BUILD_PKGS = $(shell $(GO) list -f '{{if and .GoFiles (ne .Name "main")}}{{.ImportPath}}{{end}}' \
 	$$($(GO) list -f '{{.ImportPath}}{{range .TestImports}} {{.}}{{end}}{{range .XTestImports}} {{.}}{{end}}' $(UNIT_PKGS) | tr ' ' '\n' | sort -u))
 race-build:
 	@echo "go build -race <the unit tests' $(words $(RACE_BUILD_PKGS)) packages and what their tests import>"
