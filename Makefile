@@ -192,7 +192,8 @@ clean:
 # The lab (integration/lab, issue 3): a multi-node cluster in network
 # namespaces. Needs root. `make lab-up` leaves it running (.lab/kubeconfig);
 # `make lab-down` removes everything it made.
-LAB_BINS := ./integration/cmd/lab ./integration/apps/echo/cmd/echoserver
+# bin/echoserver, which the lab runs too, comes from `build`.
+LAB_BINS := ./integration/cmd/lab
 FORTIO_VERSION  := v1.68.2
 
 .PHONY: lab-bins lab-cmds
