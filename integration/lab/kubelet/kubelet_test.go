@@ -277,7 +277,12 @@ func TestKubelet(t *testing.T) {
 		p := echoPod(ns, "probed")
 		p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{
 			Exec: &corev1.ExecAction{Command: []string{"sh", "-c", "test -f /tmp/ready"}}}}
-		p.Spec.Containers[0].LivenessProbe = &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{
+		// A slow start is not a failed liveness probe: as on a real
+		// kubelet, probes start at once and three failures a second
+		// apart restart the container, which on a loaded machine can
+		// happen before the echo server listens (it did: the container
+		// was killed under the exec below).
+		p.Spec.Containers[0].LivenessProbe = &corev1.Probe{PeriodSeconds: 1, InitialDelaySeconds: 5, ProbeHandler: corev1.ProbeHandler{
 			HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromString("http")}}}
 		pod := createPod(t, client, p)
 		pod = waitPod(t, client, pod, 20*time.Second, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
