@@ -25,7 +25,14 @@ type problem struct {
 // given kind in routeNS. The ReferenceGrant is checked before the Service
 // is looked up, so that a route cannot learn whether a Service exists in a
 // namespace that did not grant it access.
-func (t *translator) resolveBackend(kind, routeNS string, ref gatewayv1.BackendObjectReference) (target, *problem) {
+//
+// A consumer route (in another namespace than the Service it is for) may
+// send to that Service without a ReferenceGrant when it is the route's only
+// parent: the route then applies only to its own namespace's requests to
+// that Service, which reach the same Service and the same waypoint, with
+// the same policies, as without the route. Any other Service in another
+// namespace needs a grant.
+func (t *translator) resolveBackend(kind, routeNS string, parents []gatewayv1.ParentReference, ref gatewayv1.BackendObjectReference) (target, *problem) {
 	group, refKind := "", "Service"
 	if ref.Group != nil {
 		group = string(*ref.Group)
@@ -42,7 +49,7 @@ func (t *translator) resolveBackend(kind, routeNS string, ref gatewayv1.BackendO
 		return target{}, &problem{gatewayv1.RouteReasonInvalidKind, fmt.Sprintf(
 			"backendRef %s %s (group %q) is not supported: a waypoint sends only to Services", refKind, name, group)}
 	}
-	if ns != routeNS && !t.granted(kind, routeNS, name) {
+	if ns != routeNS && !t.granted(kind, routeNS, name) && !onlyParent(routeNS, parents, name) {
 		return target{}, &problem{gatewayv1.RouteReasonRefNotPermitted, fmt.Sprintf(
 			"backendRef Service %s is in another namespace: add a ReferenceGrant in namespace %s from %s in namespace %s to Service %s",
 			name, ns, kind, routeNS, name.Name)}
@@ -87,6 +94,23 @@ func (t *translator) granted(kind, fromNS string, svc types.NamespacedName) bool
 		}
 	}
 	return false
+}
+
+// onlyParent reports whether svc is the one Service every Service parentRef
+// of a route names.
+func onlyParent(routeNS string, parents []gatewayv1.ParentReference, svc types.NamespacedName) bool {
+	found := false
+	for _, ref := range parents {
+		key, ok := serviceParent(routeNS, ref)
+		if !ok {
+			continue
+		}
+		if key != svc {
+			return false
+		}
+		found = true
+	}
+	return found
 }
 
 func portList(s Service) string {

@@ -77,7 +77,7 @@ func incompatible(format string, args ...any) *ruleError {
 }
 
 // buildAction translates a rule's filters, backends, timeouts and retry.
-func (t *translator) buildAction(kind, routeNS string, spec ruleSpec) (action, *ruleError) {
+func (t *translator) buildAction(kind, routeNS string, parents []gatewayv1.ParentReference, spec ruleSpec) (action, *ruleError) {
 	var a action
 	if spec.sessionPersistence {
 		return a, unsupported("sessionPersistence is not supported")
@@ -151,7 +151,7 @@ func (t *translator) buildAction(kind, routeNS string, spec ruleSpec) (action, *
 		// gRPC clients see 503 as UNAVAILABLE, which GRPCRoute requires.
 		failStatus = 503
 	}
-	if rerr := t.backends(kind, routeNS, spec.backends, ra, &a); rerr != nil {
+	if rerr := t.backends(kind, routeNS, parents, spec.backends, ra, &a); rerr != nil {
 		return a, rerr
 	}
 	if ra.ClusterSpecifier == nil {
@@ -195,7 +195,7 @@ func (t *translator) buildAction(kind, routeNS string, spec ruleSpec) (action, *
 	}
 
 	for _, m := range mirrors {
-		policy, tgt, prob, rerr := t.mirror(kind, routeNS, m)
+		policy, tgt, prob, rerr := t.mirror(kind, routeNS, parents, m)
 		if rerr != nil {
 			return a, rerr
 		}
@@ -249,7 +249,7 @@ func (t *translator) buildAction(kind, routeNS string, spec ruleSpec) (action, *
 // 0 included (it receives nothing, but the configuration still says so); the
 // share of backends that did not resolve goes to InvalidBackendCluster,
 // which the route answers with 500.
-func (t *translator) backends(kind, routeNS string, refs []gatewayv1.HTTPBackendRef, ra *routev3.RouteAction, a *action) *ruleError {
+func (t *translator) backends(kind, routeNS string, parents []gatewayv1.ParentReference, refs []gatewayv1.HTTPBackendRef, ra *routev3.RouteAction, a *action) *ruleError {
 	var (
 		weighted     []*routev3.WeightedCluster_ClusterWeight
 		total        uint64
@@ -282,7 +282,7 @@ func (t *translator) backends(kind, routeNS string, refs []gatewayv1.HTTPBackend
 			}
 			withFilters = true
 		}
-		tgt, prob := t.resolveBackend(kind, routeNS, ref.BackendObjectReference)
+		tgt, prob := t.resolveBackend(kind, routeNS, parents, ref.BackendObjectReference)
 		if prob != nil {
 			a.refs = append(a.refs, *prob)
 			invalid += weight
@@ -316,7 +316,7 @@ func (t *translator) backends(kind, routeNS string, refs []gatewayv1.HTTPBackend
 
 // mirror translates a RequestMirror filter. A backend that does not
 // resolve is reported and not mirrored to, as Gateway API requires.
-func (t *translator) mirror(kind, routeNS string, m *gatewayv1.HTTPRequestMirrorFilter) (*routev3.RouteAction_RequestMirrorPolicy, target, *problem, *ruleError) {
+func (t *translator) mirror(kind, routeNS string, parents []gatewayv1.ParentReference, m *gatewayv1.HTTPRequestMirrorFilter) (*routev3.RouteAction_RequestMirrorPolicy, target, *problem, *ruleError) {
 	fraction := &typev3.FractionalPercent{Numerator: 100, Denominator: typev3.FractionalPercent_HUNDRED}
 	switch {
 	case m.Percent != nil && m.Fraction != nil:
@@ -333,7 +333,7 @@ func (t *translator) mirror(kind, routeNS string, m *gatewayv1.HTTPRequestMirror
 		}
 		fraction = f
 	}
-	tgt, prob := t.resolveBackend(kind, routeNS, m.BackendRef)
+	tgt, prob := t.resolveBackend(kind, routeNS, parents, m.BackendRef)
 	if prob != nil {
 		prob.message = "RequestMirror " + prob.message
 		return nil, target{}, prob, nil

@@ -143,7 +143,7 @@ func (t *translator) compileHTTPRoute(r *gatewayv1.HTTPRoute) *compiledRoute {
 		}
 		var act action
 		if rerr == nil {
-			act, rerr = t.buildAction(kindHTTPRoute, r.Namespace, spec)
+			act, rerr = t.buildAction(kindHTTPRoute, r.Namespace, r.Spec.ParentRefs, spec)
 		}
 		c.refs = append(c.refs, act.refs...)
 		if rerr != nil {
@@ -194,7 +194,7 @@ func (t *translator) compileGRPCRoute(r *gatewayv1.GRPCRoute) *compiledRoute {
 		}
 		var act action
 		if rerr == nil {
-			act, rerr = t.buildAction(kindGRPCRoute, r.Namespace, spec)
+			act, rerr = t.buildAction(kindGRPCRoute, r.Namespace, r.Spec.ParentRefs, spec)
 		}
 		c.refs = append(c.refs, act.refs...)
 		if rerr != nil {

@@ -1,0 +1,326 @@
+package waypointxds
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+)
+
+// randomInputs is how many random inputs TestRandomInputs translates; each
+// has up to 6 routes of up to 4 rules, so the test stays well under a
+// second.
+const randomInputs = 300
+
+// TestRandomInputs translates random routes, valid and not (bad regular
+// expressions, unknown types, huge weights, odd header names, unknown
+// Services), and checks that every resource passes Envoy's generated
+// validation, that every route gets an outcome, and that the output does
+// not depend on the order of the inputs.
+func TestRandomInputs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(12, 2026))
+	for i := range randomInputs {
+		in := fixtureInput()
+		for j := range rng.IntN(7) {
+			if rng.IntN(3) == 0 {
+				in.GRPCRoutes = append(in.GRPCRoutes, randomGRPCRoute(rng, j))
+			} else {
+				in.HTTPRoutes = append(in.HTTPRoutes, randomHTTPRoute(rng, j))
+			}
+		}
+		out := Translate(in)
+		if err := validateOutput(out); err != nil {
+			t.Fatalf("input %d: %v\nroutes: %s", i, err, dump(in))
+		}
+		for _, o := range out.Outcomes {
+			if o.Condition("Accepted") == nil || o.Condition("ResolvedRefs") == nil {
+				t.Fatalf("input %d: outcome without Accepted or ResolvedRefs: %+v", i, o)
+			}
+		}
+		shuffled := in
+		shuffled.Services = slices.Clone(in.Services)
+		shuffled.Endpoints = slices.Clone(in.Endpoints)
+		shuffled.HTTPRoutes = slices.Clone(in.HTTPRoutes)
+		shuffled.GRPCRoutes = slices.Clone(in.GRPCRoutes)
+		rng.Shuffle(len(shuffled.Services), func(a, b int) {
+			shuffled.Services[a], shuffled.Services[b] = shuffled.Services[b], shuffled.Services[a]
+		})
+		rng.Shuffle(len(shuffled.Endpoints), func(a, b int) {
+			shuffled.Endpoints[a], shuffled.Endpoints[b] = shuffled.Endpoints[b], shuffled.Endpoints[a]
+		})
+		rng.Shuffle(len(shuffled.HTTPRoutes), func(a, b int) {
+			shuffled.HTTPRoutes[a], shuffled.HTTPRoutes[b] = shuffled.HTTPRoutes[b], shuffled.HTTPRoutes[a]
+		})
+		rng.Shuffle(len(shuffled.GRPCRoutes), func(a, b int) {
+			shuffled.GRPCRoutes[a], shuffled.GRPCRoutes[b] = shuffled.GRPCRoutes[b], shuffled.GRPCRoutes[a]
+		})
+		again := Translate(shuffled)
+		if a, b := encode(t, out), encode(t, again); !bytes.Equal(a, b) {
+			t.Fatalf("input %d: the output depends on the order of the inputs", i)
+		}
+		if !reflect.DeepEqual(out.Outcomes, again.Outcomes) {
+			t.Fatalf("input %d: outcomes depend on the order of the inputs:\n%+v\n%+v", i, out.Outcomes, again.Outcomes)
+		}
+	}
+}
+
+// encode serialises every resource deterministically, in output order.
+func encode(t *testing.T, out Output) []byte {
+	t.Helper()
+	var msgs []proto.Message
+	if out.Listener != nil {
+		msgs = append(msgs, out.Listener)
+	}
+	for _, r := range out.Routes {
+		msgs = append(msgs, r)
+	}
+	for _, c := range out.Clusters {
+		msgs = append(msgs, c)
+	}
+	for _, l := range out.LoadAssignment {
+		msgs = append(msgs, l)
+	}
+	var buf bytes.Buffer
+	for _, m := range msgs {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf.Write(b)
+	}
+	return buf.Bytes()
+}
+
+func dump(in Input) string {
+	var b bytes.Buffer
+	for _, r := range in.HTTPRoutes {
+		fmt.Fprintf(&b, "%s %+v\n", r.Name, r.Spec)
+	}
+	for _, r := range in.GRPCRoutes {
+		fmt.Fprintf(&b, "%s %+v\n", r.Name, r.Spec)
+	}
+	return b.String()
+}
+
+func pick[T any](rng *rand.Rand, xs ...T) T { return xs[rng.IntN(len(xs))] }
+
+func ptr[T any](v T) *T { return &v }
+
+func randomParents(rng *rand.Rand) []gatewayv1.ParentReference {
+	var out []gatewayv1.ParentReference
+	for range 1 + rng.IntN(2) {
+		ref := gatewayv1.ParentReference{
+			Group: ptr(gatewayv1.Group(pick(rng, "", "", "core", gatewayv1.GroupName))),
+			Kind:  ptr(gatewayv1.Kind(pick(rng, "Service", "Service", "Gateway"))),
+			Name:  gatewayv1.ObjectName(pick(rng, "web", "web-v1", "web-v2", "plain", "missing")),
+		}
+		if rng.IntN(3) == 0 {
+			ref.Port = ptr(gatewayv1.PortNumber(pick[int32](rng, 80, 8080, 7070, 9090, 3000, 81)))
+		}
+		if rng.IntN(6) == 0 {
+			ref.SectionName = ptr(gatewayv1.SectionName(pick(rng, "http", "grpc", "nope")))
+		}
+		if rng.IntN(6) == 0 {
+			ref.Namespace = ptr(gatewayv1.Namespace(pick(rng, "shop", "other")))
+		}
+		out = append(out, ref)
+	}
+	return out
+}
+
+func randomBackends(rng *rand.Rand) []gatewayv1.HTTPBackendRef {
+	var out []gatewayv1.HTTPBackendRef
+	for range rng.IntN(4) {
+		b := gatewayv1.HTTPBackendRef{}
+		b.Name = gatewayv1.ObjectName(pick(rng, "web", "web-v1", "web-v2", "api", "missing"))
+		b.Port = ptr(gatewayv1.PortNumber(pick[int32](rng, 80, 7070, 8080, 81)))
+		if rng.IntN(4) == 0 {
+			b.Namespace = ptr(gatewayv1.Namespace(pick(rng, "other", "shop")))
+		}
+		if rng.IntN(10) == 0 {
+			b.Kind = ptr(gatewayv1.Kind("Bucket"))
+		}
+		if rng.IntN(2) == 0 {
+			b.Weight = ptr(pick[int32](rng, 0, 1, 30, 70, 1000000, -1, 2000000))
+		}
+		if rng.IntN(4) == 0 {
+			b.Filters = []gatewayv1.HTTPRouteFilter{randomFilter(rng)}
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+func randomHeaderFilter(rng *rand.Rand) *gatewayv1.HTTPHeaderFilter {
+	name := gatewayv1.HTTPHeaderName(pick(rng, "X-A", "x-b", "bad name", "x\r\ny", ":path"))
+	value := pick(rng, "v", "", "a,b", "bad\nvalue")
+	return &gatewayv1.HTTPHeaderFilter{
+		Set:    []gatewayv1.HTTPHeader{{Name: name, Value: value}},
+		Add:    []gatewayv1.HTTPHeader{{Name: "x-add", Value: value}},
+		Remove: []string{pick(rng, "x-rm", "bad name")},
+	}
+}
+
+func randomFilter(rng *rand.Rand) gatewayv1.HTTPRouteFilter {
+	switch rng.IntN(8) {
+	case 0:
+		return gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterRequestHeaderModifier, RequestHeaderModifier: randomHeaderFilter(rng)}
+	case 1:
+		return gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterResponseHeaderModifier, ResponseHeaderModifier: randomHeaderFilter(rng)}
+	case 2:
+		f := &gatewayv1.HTTPRequestRedirectFilter{}
+		if rng.IntN(2) == 0 {
+			f.Scheme = ptr(pick(rng, "http", "https", "ftp"))
+		}
+		if rng.IntN(2) == 0 {
+			f.Hostname = ptr(gatewayv1.PreciseHostname(pick(rng, "example.org", "bad/host", "")))
+		}
+		if rng.IntN(2) == 0 {
+			f.Port = ptr(gatewayv1.PortNumber(pick[int32](rng, 8083, 0, 70000)))
+		}
+		if rng.IntN(2) == 0 {
+			f.StatusCode = ptr(pick(rng, 301, 302, 303, 307, 308, 200))
+		}
+		if rng.IntN(2) == 0 {
+			f.Path = randomPathModifier(rng)
+		}
+		return gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterRequestRedirect, RequestRedirect: f}
+	case 3:
+		f := &gatewayv1.HTTPURLRewriteFilter{Path: randomPathModifier(rng)}
+		if rng.IntN(2) == 0 {
+			f.Hostname = ptr(gatewayv1.PreciseHostname(pick(rng, "example.org", "bad\nhost")))
+		}
+		return gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterURLRewrite, URLRewrite: f}
+	case 4:
+		m := &gatewayv1.HTTPRequestMirrorFilter{}
+		m.BackendRef.Name = gatewayv1.ObjectName(pick(rng, "web-v2", "missing"))
+		m.BackendRef.Port = ptr(gatewayv1.PortNumber(80))
+		switch rng.IntN(4) {
+		case 0:
+			m.Percent = ptr(pick[int32](rng, 0, 50, 100, 101))
+		case 1:
+			m.Fraction = &gatewayv1.Fraction{Numerator: pick[int32](rng, 0, 1, 7), Denominator: ptr(pick[int32](rng, 3, 100, 7, 0, 1000000))}
+		}
+		return gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterRequestMirror, RequestMirror: m}
+	case 5:
+		return gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterCORS, CORS: &gatewayv1.HTTPCORSFilter{}}
+	case 6:
+		return gatewayv1.HTTPRouteFilter{Type: "Unknown"}
+	}
+	return gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterRequestHeaderModifier} // field missing
+}
+
+func randomPathModifier(rng *rand.Rand) *gatewayv1.HTTPPathModifier {
+	if rng.IntN(2) == 0 {
+		return &gatewayv1.HTTPPathModifier{Type: gatewayv1.FullPathHTTPPathModifier, ReplaceFullPath: ptr(pick(rng, "/new", "/", "no-slash", `/a\1`))}
+	}
+	return &gatewayv1.HTTPPathModifier{Type: gatewayv1.PrefixMatchHTTPPathModifier, ReplacePrefixMatch: ptr(pick(rng, "/new", "/", "", "/x/"))}
+}
+
+func randomHTTPMatch(rng *rand.Rand) gatewayv1.HTTPRouteMatch {
+	m := gatewayv1.HTTPRouteMatch{}
+	if rng.IntN(4) > 0 {
+		typ := pick(rng, gatewayv1.PathMatchExact, gatewayv1.PathMatchPathPrefix, gatewayv1.PathMatchRegularExpression, "Bogus")
+		value := pick(rng, "/", "/a", "/a/", "/a/b", "//x", "no-slash", "/a?b", "/(x|y)+", "(", "")
+		m.Path = &gatewayv1.HTTPPathMatch{Type: &typ, Value: &value}
+	}
+	for range rng.IntN(3) {
+		typ := pick(rng, gatewayv1.HeaderMatchExact, gatewayv1.HeaderMatchRegularExpression)
+		m.Headers = append(m.Headers, gatewayv1.HTTPHeaderMatch{
+			Type: &typ, Name: gatewayv1.HTTPHeaderName(pick(rng, "version", "Version", "x-b", "bad name")), Value: pick(rng, "one", "[a-z]+", "("),
+		})
+	}
+	for range rng.IntN(3) {
+		typ := pick(rng, gatewayv1.QueryParamMatchExact, gatewayv1.QueryParamMatchRegularExpression)
+		m.QueryParams = append(m.QueryParams, gatewayv1.HTTPQueryParamMatch{
+			Type: &typ, Name: gatewayv1.HTTPHeaderName(pick(rng, "animal", "q", "", "a=b")), Value: pick(rng, "whale", "[0-9]+", "("),
+		})
+	}
+	if rng.IntN(3) == 0 {
+		m.Method = ptr(gatewayv1.HTTPMethod(pick(rng, "GET", "POST", "BAD METHOD")))
+	}
+	return m
+}
+
+func randomHTTPRoute(rng *rand.Rand, i int) *gatewayv1.HTTPRoute {
+	r := &gatewayv1.HTTPRoute{}
+	r.Name = fmt.Sprintf("h%d", i)
+	r.Namespace = pick(rng, "shop", "shop", "client")
+	r.Generation = 1
+	r.CreationTimestamp = metav1.NewTime(epoch.Add(time.Duration(rng.Int64N(5e9))))
+	r.Spec.ParentRefs = randomParents(rng)
+	for j := range 1 + rng.IntN(4) {
+		rule := gatewayv1.HTTPRouteRule{BackendRefs: randomBackends(rng)}
+		if rng.IntN(4) == 0 {
+			rule.Name = ptr(gatewayv1.SectionName(fmt.Sprintf("rule-%d", j)))
+		}
+		for range rng.IntN(3) {
+			rule.Matches = append(rule.Matches, randomHTTPMatch(rng))
+		}
+		for range rng.IntN(3) {
+			rule.Filters = append(rule.Filters, randomFilter(rng))
+		}
+		if rng.IntN(4) == 0 {
+			rule.Timeouts = &gatewayv1.HTTPRouteTimeouts{
+				Request:        ptr(gatewayv1.Duration(pick(rng, "10s", "0s", "1.5s", "1h2m3s4ms"))),
+				BackendRequest: ptr(gatewayv1.Duration(pick(rng, "1s", "0s", "bad"))),
+			}
+		}
+		if rng.IntN(5) == 0 {
+			rule.Retry = &gatewayv1.HTTPRouteRetry{
+				Attempts: ptr(pick(rng, 0, 1, 3, 1000)),
+				Codes:    []gatewayv1.HTTPRouteRetryStatusCode{gatewayv1.HTTPRouteRetryStatusCode(pick(rng, 500, 503, 200))},
+				Backoff:  ptr(gatewayv1.Duration(pick(rng, "100ms", "0s", "x"))),
+			}
+		}
+		r.Spec.Rules = append(r.Spec.Rules, rule)
+	}
+	return r
+}
+
+func randomGRPCRoute(rng *rand.Rand, i int) *gatewayv1.GRPCRoute {
+	r := &gatewayv1.GRPCRoute{}
+	r.Name = fmt.Sprintf("g%d", i)
+	r.Namespace = pick(rng, "shop", "client")
+	r.Generation = 1
+	r.CreationTimestamp = metav1.NewTime(epoch.Add(time.Duration(rng.Int64N(5e9))))
+	r.Spec.ParentRefs = randomParents(rng)
+	for range 1 + rng.IntN(3) {
+		rule := gatewayv1.GRPCRouteRule{}
+		for range rng.IntN(3) {
+			typ := pick(rng, gatewayv1.GRPCMethodMatchExact, gatewayv1.GRPCMethodMatchRegularExpression, "Bogus")
+			m := gatewayv1.GRPCRouteMatch{Method: &gatewayv1.GRPCMethodMatch{Type: &typ}}
+			if rng.IntN(3) > 0 {
+				m.Method.Service = ptr(pick(rng, "pkg.Echo", "a/b", "pkg\\..*", "("))
+			}
+			if rng.IntN(3) > 0 {
+				m.Method.Method = ptr(pick(rng, "Call", "C.*", "a b"))
+			}
+			if rng.IntN(2) == 0 {
+				m.Headers = []gatewayv1.GRPCHeaderMatch{{Name: "x-tenant", Value: "a"}}
+			}
+			rule.Matches = append(rule.Matches, m)
+		}
+		for _, b := range randomBackends(rng) {
+			rule.BackendRefs = append(rule.BackendRefs, gatewayv1.GRPCBackendRef{BackendRef: b.BackendRef})
+		}
+		if rng.IntN(3) == 0 {
+			f := randomFilter(rng)
+			rule.Filters = append(rule.Filters, gatewayv1.GRPCRouteFilter{
+				Type:                   gatewayv1.GRPCRouteFilterType(f.Type),
+				RequestHeaderModifier:  f.RequestHeaderModifier,
+				ResponseHeaderModifier: f.ResponseHeaderModifier,
+				RequestMirror:          f.RequestMirror,
+			})
+		}
+		r.Spec.Rules = append(r.Spec.Rules, rule)
+	}
+	return r
+}
