@@ -12,6 +12,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	securityv1 "github.com/cairnmesh/cairn/apis/security/v1"
 )
 
 // randomInputs is how many random inputs TestRandomInputs translates; each
@@ -34,6 +36,9 @@ func TestRandomInputs(t *testing.T) {
 			} else {
 				in.HTTPRoutes = append(in.HTTPRoutes, randomHTTPRoute(rng, j))
 			}
+		}
+		for j := range rng.IntN(3) {
+			in.AuthorizationPolicies = append(in.AuthorizationPolicies, randomPolicy(rng, j))
 		}
 		out := Translate(in)
 		if err := validateOutput(out); err != nil {
@@ -65,7 +70,7 @@ func TestRandomInputs(t *testing.T) {
 		if a, b := encode(t, out), encode(t, again); !bytes.Equal(a, b) {
 			t.Fatalf("input %d: the output depends on the order of the inputs", i)
 		}
-		if !reflect.DeepEqual(out.Outcomes, again.Outcomes) {
+		if !reflect.DeepEqual(out.Outcomes, again.Outcomes) || !reflect.DeepEqual(out.Policies, again.Policies) {
 			t.Fatalf("input %d: outcomes depend on the order of the inputs:\n%+v\n%+v", i, out.Outcomes, again.Outcomes)
 		}
 	}
@@ -323,4 +328,50 @@ func randomGRPCRoute(rng *rand.Rand, i int) *gatewayv1.GRPCRoute {
 		r.Spec.Rules = append(r.Spec.Rules, rule)
 	}
 	return r
+}
+
+func randomValues(rng *rand.Rand, values ...string) []string {
+	var out []string
+	for range rng.IntN(3) {
+		out = append(out, pick(rng, values...))
+	}
+	return out
+}
+
+func randomPolicy(rng *rand.Rand, i int) *securityv1.AuthorizationPolicy {
+	p := &securityv1.AuthorizationPolicy{}
+	p.Name = fmt.Sprintf("p%d", i)
+	p.Namespace = pick(rng, "shop", "shop", "istio-system")
+	p.Spec.Action = securityv1.Action(pick(rng, "", "ALLOW", "DENY", "AUDIT", "CUSTOM", "BOGUS"))
+	p.Spec.TargetRefs = []securityv1.PolicyTargetReference{pick(rng,
+		securityv1.PolicyTargetReference{Group: gatewayv1.GroupName, Kind: "Gateway", Name: "waypoint"},
+		securityv1.PolicyTargetReference{Group: gatewayv1.GroupName, Kind: "GatewayClass", Name: "istio-waypoint"},
+		securityv1.PolicyTargetReference{Kind: "Service", Name: pick(rng, "web", "web-v1", "plain")},
+	)}
+	strs := []string{"*", "a*", "*a", "exact", "", "10.0.0.0/8", "::1", "bad ip", "80", "0", "99999"}
+	for range rng.IntN(3) {
+		r := securityv1.Rule{}
+		if rng.IntN(2) == 0 {
+			r.From = []securityv1.From{{Source: &securityv1.Source{
+				Principals: randomValues(rng, strs...), NotPrincipals: randomValues(rng, strs...),
+				Namespaces: randomValues(rng, strs...), ServiceAccounts: randomValues(rng, "sa", "ns/sa", "a/b/c"),
+				IPBlocks: randomValues(rng, strs...), RemoteIPBlocks: randomValues(rng, strs...),
+				RequestPrincipals: randomValues(rng, strs...),
+			}}}
+		}
+		if rng.IntN(2) == 0 {
+			r.To = []securityv1.To{{Operation: &securityv1.Operation{
+				Hosts: randomValues(rng, strs...), Methods: randomValues(rng, "GET", "*", "bad method"),
+				Paths: randomValues(rng, strs...), NotPaths: randomValues(rng, strs...), Ports: randomValues(rng, strs...),
+			}}}
+		}
+		for range rng.IntN(2) {
+			r.When = append(r.When, securityv1.Condition{
+				Key:    pick(rng, "request.headers[x-a]", "request.headers[bad name]", "source.ip", "remote.ip", "source.namespace", "destination.port", "destination.ip", "request.auth.claims[a]"),
+				Values: randomValues(rng, strs...), NotValues: randomValues(rng, strs...),
+			})
+		}
+		p.Spec.Rules = append(p.Spec.Rules, r)
+	}
+	return p
 }

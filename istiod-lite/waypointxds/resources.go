@@ -75,13 +75,18 @@ func (t *translator) filterChain(c chainSpec) *listenerv3.FilterChain {
 			waypointcontract.MetadataPort:    c.port.Port,
 		}),
 	}
+	svc := c.service.key()
 	if !c.proto.http() {
-		fc.Filters = []*listenerv3.Filter{typedFilter(tcpProxyFilter, &tcpproxyv3.TcpProxy{
+		fc.Filters = append(rbacFilters(t.l7, svc, false, networkRBACFilter(name)), typedFilter(tcpProxyFilter, &tcpproxyv3.TcpProxy{
 			StatPrefix:       name,
-			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: t.clusterName(target{c.service.key(), c.port.Port})},
-		})}
+			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: t.clusterName(target{svc, c.port.Port})},
+		}))
 		return fc
 	}
+	httpFilters := append(rbacFilters(t.l7, svc, true, httpRBACFilter), &hcmv3.HttpFilter{
+		Name:       routerFilter,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
+	})
 	fc.Filters = []*listenerv3.Filter{typedFilter(hcmFilter, &hcmv3.HttpConnectionManager{
 		StatPrefix: name,
 		CodecType:  c.proto.codec(),
@@ -89,10 +94,7 @@ func (t *translator) filterChain(c chainSpec) *listenerv3.FilterChain {
 			ConfigSource:    adsSource(),
 			RouteConfigName: c.routeConfig,
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{{
-			Name:       routerFilter,
-			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
-		}},
+		HttpFilters: httpFilters,
 	})}
 	return fc
 }

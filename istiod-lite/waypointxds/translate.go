@@ -23,6 +23,8 @@ type translator struct {
 	services map[types.NamespacedName]Service
 	// used are the clusters the resources refer to.
 	used map[target]bool
+	// l7 are the AuthorizationPolicies attached to this waypoint.
+	l7 []*l7Policy
 }
 
 func newTranslator(in Input) *translator {
@@ -307,6 +309,11 @@ func (t *translator) run() Output {
 		}
 	}
 	slices.SortFunc(bound, func(a, b Service) int { return cmp.Compare(a.key().String(), b.key().String()) })
+	boundSet := map[types.NamespacedName]bool{}
+	for _, s := range bound {
+		boundSet[s.key()] = true
+	}
+	t.l7, out.Policies = t.policies(boundSet)
 	var chains []chainSpec
 	for _, s := range bound {
 		ports := slices.Clone(s.Ports)

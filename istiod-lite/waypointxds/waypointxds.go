@@ -33,6 +33,11 @@
 // producer routes apply, a request none of them matches gets 404, as Gateway
 // API requires.
 //
+// L7 AuthorizationPolicies attached to the waypoint's Gateway, or to a bound
+// Service, become Envoy RBAC filters in the chains they apply to (HTTP
+// filters before the router, network filters before the TcpProxy), in
+// Istio's order: AUDIT (LOG), DENY, ALLOW.
+//
 // Clusters are named as Istio names them, "outbound|<port>||<service
 // FQDN>", discovered by EDS over ADS and balanced per request with
 // LEAST_REQUEST. Their ClusterLoadAssignments list the ready endpoints,
@@ -50,6 +55,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/types"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	securityv1 "github.com/cairnmesh/cairn/apis/security/v1"
 )
 
 // Type URLs of the resources Translate returns.
@@ -86,6 +93,10 @@ type Input struct {
 	// ReferenceGrants are those of the namespaces of cross-namespace
 	// backends.
 	ReferenceGrants []*gatewayv1.ReferenceGrant
+	// AuthorizationPolicies may target the waypoint's Gateway, the
+	// istio-waypoint GatewayClass (from the root namespace) or a bound
+	// Service; others are ignored.
+	AuthorizationPolicies []*securityv1.AuthorizationPolicy
 	// Options are the mesh-wide settings.
 	Options Options
 }
@@ -100,6 +111,8 @@ type Options struct {
 	// ConnectTimeout bounds each connection the waypoint opens to an
 	// endpoint. Default 10s.
 	ConnectTimeout time.Duration
+	// RootNamespace holds mesh-wide policies. Default "istio-system".
+	RootNamespace string
 }
 
 func (o Options) withDefaults() Options {
@@ -108,6 +121,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.DomainSuffix == "" {
 		o.DomainSuffix = "cluster.local"
+	}
+	if o.RootNamespace == "" {
+		o.RootNamespace = "istio-system"
 	}
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = 10 * time.Second
@@ -192,6 +208,9 @@ type Output struct {
 	// Outcomes say, per route and Service parentRef bound to this
 	// waypoint, whether the route is accepted and its references resolved.
 	Outcomes []Outcome
+	// Policies say, per AuthorizationPolicy attached to this waypoint, how
+	// it is enforced.
+	Policies []PolicyOutcome
 }
 
 // Resources returns the resources by type URL, then by name, the shape the
