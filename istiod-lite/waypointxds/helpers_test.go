@@ -15,7 +15,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
-	"google.golang.org/protobuf/types/known/anypb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -279,15 +278,6 @@ var ignoreMetadata = protocmp.IgnoreFields(&routev3.Route{}, "metadata")
 
 func diffProto(want, got any, opts ...cmp.Option) string {
 	return cmp.Diff(want, got, append([]cmp.Option{protocmp.Transform()}, opts...)...)
-}
-
-func mustAnyTest(t *testing.T, js string) *anypb.Any {
-	t.Helper()
-	a := &anypb.Any{}
-	if err := protojson.Unmarshal([]byte(js), a); err != nil {
-		t.Fatal(err)
-	}
-	return a
 }
 
 func outcomeFor(t *testing.T, outs []Outcome, kind, route string, parent int) Outcome {
