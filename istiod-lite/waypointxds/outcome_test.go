@@ -3,6 +3,7 @@ package waypointxds
 import (
 	"strings"
 	"testing"
+	"time"
 
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
@@ -228,5 +229,49 @@ spec:
 	out := translateValid(t, in)
 	if len(out.Outcomes) != 1 || out.Outcomes[0].ParentIndex != 2 {
 		t.Errorf("translation outcomes %+v, want one for parentRef 2", out.Outcomes)
+	}
+}
+
+// TestRouteLimitPerPort: any namespace may attach consumer routes to any
+// Service, so the routes of one Service port are bounded; producer routes
+// come first, then the oldest consumer routes, and what does not fit is
+// not accepted, with the reason.
+func TestRouteLimitPerPort(t *testing.T) {
+	in := fixtureInput()
+	in.Options.MaxRoutesPerPort = 3
+	consumer := func(name string, age int, paths ...string) *gatewayv1.HTTPRoute {
+		var matches []string
+		for _, p := range paths {
+			matches = append(matches, "{path: {value: "+p+"}}")
+		}
+		return httpRoute(t, age, `
+metadata: {name: `+name+`, namespace: client}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, namespace: shop, port: 80}]
+  rules: [{matches: [`+strings.Join(matches, ", ")+`], backendRefs: [{name: web, namespace: shop, port: 80}]}]`)
+	}
+	in.HTTPRoutes = []*gatewayv1.HTTPRoute{
+		consumer("old-and-big", 0, "/a", "/b"),
+		consumer("small", 5, "/c"),
+		rulesOnWeb80(t, `
+- matches: [{path: {value: /p}}, {path: {value: /q}}]
+  backendRefs: [{name: web-v1, port: 80}]`),
+	}
+	in.HTTPRoutes[2].CreationTimestamp.Time = epoch.Add(10 * time.Second) // the newest
+	out := translateValid(t, in)
+	var names []string
+	for _, r := range routesOf(t, out, "shop/web:80") {
+		names = append(names, r.GetName())
+	}
+	want := []string{"HTTPRoute/client/small/0", "HTTPRoute/shop/r/0", "HTTPRoute/shop/r/0"}
+	if d := diffProto(want, names); d != "" {
+		t.Errorf("routes (-want +got):\n%s", d)
+	}
+	o := outcomeFor(t, out.Outcomes, "HTTPRoute", "client/old-and-big", 0)
+	if got := cond(o, "Accepted"); got != "False TooManyRoutes" {
+		t.Errorf("Accepted = %q, want False TooManyRoutes", got)
+	}
+	if got := cond(outcomeFor(t, out.Outcomes, "HTTPRoute", "client/small", 0), "Accepted"); got != "True Accepted" {
+		t.Errorf("small: Accepted = %q", got)
 	}
 }

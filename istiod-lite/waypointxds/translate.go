@@ -240,10 +240,12 @@ type attachment struct {
 type parentState struct {
 	route       *compiledRoute
 	parentIndex int
-	// ports the route applies to; lost are ports lost to a route of the
-	// other kind.
-	ports []int32
-	lost  []string
+	// ports the route applies to; lost says why it does not apply to
+	// others (lost to a route of the other kind, or past the route limit),
+	// lostReason is the reason of the first.
+	ports      []int32
+	lost       []string
+	lostReason gatewayv1.RouteConditionReason
 	// notAccepted says why the parentRef is not accepted, "" if it is.
 	notAccepted string
 	reason      gatewayv1.RouteConditionReason
@@ -300,6 +302,7 @@ func (t *translator) run() Output {
 		}
 	}
 	t.resolveKindConflicts(attached, states)
+	t.limitRoutes(attached, states)
 
 	out := Output{}
 	var bound []Service
@@ -458,27 +461,103 @@ func (t *translator) resolveKindConflicts(attached map[portKey][]attachment, sta
 				kept = append(kept, a)
 				continue
 			}
-			for _, st := range states {
-				if st.route != a.route || st.parentIndex != a.parentIndex {
-					continue
-				}
-				st.ports = slices.DeleteFunc(st.ports, func(p int32) bool { return p == pk.port })
-				st.lost = append(st.lost, fmt.Sprintf("port %d lost to %s %s, which is older (HTTPRoutes and GRPCRoutes do not merge on a Service port)",
+			for _, st := range statesOf(states, a.route, pk) {
+				st.lose(pk.port, ReasonConflicted, fmt.Sprintf("port %d lost to %s %s, which is older (HTTPRoutes and GRPCRoutes do not merge on a Service port)",
 					pk.port, winner.kind, winner.key))
 			}
 		}
 		attached[pk] = kept
 	}
+}
+
+func (st *parentState) lose(port int32, reason gatewayv1.RouteConditionReason, msg string) {
+	st.ports = slices.DeleteFunc(st.ports, func(p int32) bool { return p == port })
+	if len(st.lost) == 0 {
+		st.lostReason = reason
+	}
+	st.lost = append(st.lost, msg)
+}
+
+// statesOf returns the states of a route's parentRefs that attach it to a
+// Service port (several parentRefs may name the same port).
+func statesOf(states []*parentState, r *compiledRoute, pk portKey) []*parentState {
+	var out []*parentState
+	for _, st := range states {
+		if st.route == r && slices.Contains(st.ports, pk.port) && parentKey(r, st.parentIndex) == pk.service {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// limitRoutes bounds the Envoy routes of each Service port: any namespace
+// may attach consumer routes to any Service, so without a bound a hostile
+// namespace could grow another team's waypoint configuration at will.
+// Producer routes are kept first, then consumer routes, the oldest first;
+// a route that does not fit is left out of that port, and says so.
+func (t *translator) limitRoutes(attached map[portKey][]attachment, states []*parentState) {
+	limit := t.opts.MaxRoutesPerPort
+	for pk, atts := range attached {
+		total := 0
+		for _, a := range atts {
+			total += a.route.matchCount()
+		}
+		if total <= limit {
+			continue
+		}
+		sorted := slices.Clone(atts)
+		slices.SortFunc(sorted, func(a, b attachment) int {
+			ca, cb := a.route.key.Namespace != pk.service.Namespace, b.route.key.Namespace != pk.service.Namespace
+			if ca != cb {
+				if cb {
+					return -1
+				}
+				return 1
+			}
+			return a.route.older(b.route)
+		})
+		var kept []attachment
+		n := 0
+		for _, a := range sorted {
+			c := a.route.matchCount()
+			if n+c > limit {
+				for _, st := range statesOf(states, a.route, pk) {
+					st.lose(pk.port, ReasonTooManyRoutes, fmt.Sprintf(
+						"port %d: the Service port already has the most routes a waypoint takes (%d matches); older routes and producer routes come first",
+						pk.port, limit))
+				}
+				continue
+			}
+			n += c
+			kept = append(kept, a)
+		}
+		attached[pk] = kept
+	}
 	for _, st := range states {
 		if st.notAccepted == "" && len(st.ports) == 0 && len(st.lost) > 0 {
-			st.notAccepted, st.reason = strings.Join(st.lost, "; "), ReasonConflicted
+			st.notAccepted, st.reason = strings.Join(st.lost, "; "), st.lostReason
 		}
 	}
 }
 
-// ReasonConflicted is the Accepted reason of a route that lost every port
-// it names to an older route of the other kind.
-const ReasonConflicted gatewayv1.RouteConditionReason = "Conflicted"
+// matchCount is how many Envoy routes the route gives per port.
+func (c *compiledRoute) matchCount() int {
+	n := 0
+	for _, r := range c.rules {
+		n += len(r.matches)
+	}
+	return n
+}
+
+// Accepted reasons of Cairn's own, where Gateway API has none.
+const (
+	// ReasonConflicted: the route lost every port it names to an older
+	// route of the other kind (HTTPRoute or GRPCRoute).
+	ReasonConflicted gatewayv1.RouteConditionReason = "Conflicted"
+	// ReasonTooManyRoutes: every port the route names already has
+	// Options.MaxRoutesPerPort routes.
+	ReasonTooManyRoutes gatewayv1.RouteConditionReason = "TooManyRoutes"
+)
 
 func (t *translator) routeConfigName(pk portKey) string {
 	return fmt.Sprintf("%s:%d", pk.service, pk.port)

@@ -113,7 +113,14 @@ type Options struct {
 	ConnectTimeout time.Duration
 	// RootNamespace holds mesh-wide policies. Default "istio-system".
 	RootNamespace string
+	// MaxRoutesPerPort bounds the routes (matches) of one Service port:
+	// producer routes first, then consumer routes, the oldest first.
+	// Default 2048.
+	MaxRoutesPerPort int
 }
+
+// DefaultMaxRoutesPerPort is the default of Options.MaxRoutesPerPort.
+const DefaultMaxRoutesPerPort = 2048
 
 func (o Options) withDefaults() Options {
 	if o.TrustDomain == "" {
@@ -124,6 +131,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.RootNamespace == "" {
 		o.RootNamespace = "istio-system"
+	}
+	if o.MaxRoutesPerPort <= 0 {
+		o.MaxRoutesPerPort = DefaultMaxRoutesPerPort
 	}
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = 10 * time.Second
