@@ -197,7 +197,7 @@ func validateOutput(out Output) error {
 			msgs = append(msgs, inner)
 		}
 	}
-	for _, l := range out.LoadAssignment {
+	for _, l := range out.LoadAssignments {
 		msgs = append(msgs, l)
 	}
 	for _, m := range msgs {

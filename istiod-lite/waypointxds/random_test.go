@@ -89,7 +89,7 @@ func encode(t *testing.T, out Output) []byte {
 	for _, c := range out.Clusters {
 		msgs = append(msgs, c)
 	}
-	for _, l := range out.LoadAssignment {
+	for _, l := range out.LoadAssignments {
 		msgs = append(msgs, l)
 	}
 	var buf bytes.Buffer

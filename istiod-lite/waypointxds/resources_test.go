@@ -106,12 +106,12 @@ func TestClustersAndEndpoints(t *testing.T) {
 	}
 	// One cluster per bound Service port, and nothing for Services the
 	// resources do not send to.
-	if len(out.Clusters) != 9 || len(out.LoadAssignment) != 9 {
-		t.Errorf("%d clusters and %d load assignments, want 9 each", len(out.Clusters), len(out.LoadAssignment))
+	if len(out.Clusters) != 9 || len(out.LoadAssignments) != 9 {
+		t.Errorf("%d clusters and %d load assignments, want 9 each", len(out.Clusters), len(out.LoadAssignments))
 	}
 
 	var cla *endpointv3.ClusterLoadAssignment
-	for _, l := range out.LoadAssignment {
+	for _, l := range out.LoadAssignments {
 		if l.GetClusterName() == webCluster {
 			cla = l
 		}
@@ -136,7 +136,7 @@ func TestEndpointOutsideTheMesh(t *testing.T) {
 		Address: netip.MustParseAddr("10.0.0.9"),
 	}}
 	out := translateValid(t, in)
-	for _, l := range out.LoadAssignment {
+	for _, l := range out.LoadAssignments {
 		if l.GetClusterName() != webCluster {
 			continue
 		}

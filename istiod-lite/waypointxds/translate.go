@@ -306,7 +306,7 @@ func (t *translator) run() Output {
 
 	out := Output{}
 	var bound []Service
-	for _, s := range t.in.Services {
+	for _, s := range t.services {
 		if s.Waypoint != nil && *s.Waypoint == t.in.Waypoint.key() && t.in.Waypoint.servesServices() && len(s.VIPs) > 0 {
 			bound = append(bound, s)
 		}
@@ -335,7 +335,7 @@ func (t *translator) run() Output {
 	if len(chains) > 0 {
 		out.Listener = t.listener(chains)
 	}
-	out.Clusters, out.LoadAssignment = t.clusters()
+	out.Clusters, out.LoadAssignments = t.clusters()
 	out.Outcomes = t.outcomes(states)
 	return out
 }
@@ -441,7 +441,8 @@ func (t *translator) attachablePorts(r *compiledRoute, svc Service, ref gatewayv
 // kind: Gateway API forbids merging HTTPRoutes and GRPCRoutes, and accepts
 // the kind of the oldest route.
 func (t *translator) resolveKindConflicts(attached map[portKey][]attachment, states []*parentState) {
-	for pk, atts := range attached {
+	for _, pk := range sortedPortKeys(attached) {
+		atts := attached[pk]
 		var winner *compiledRoute
 		mixed := false
 		for _, a := range atts {
@@ -478,6 +479,19 @@ func (st *parentState) lose(port int32, reason gatewayv1.RouteConditionReason, m
 	st.lost = append(st.lost, msg)
 }
 
+// sortedPortKeys returns the keys in a fixed order, so that messages that
+// list several ports always list them the same way.
+func sortedPortKeys(m map[portKey][]attachment) []portKey {
+	keys := make([]portKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b portKey) int {
+		return cmp.Or(cmp.Compare(a.service.String(), b.service.String()), cmp.Compare(a.port, b.port))
+	})
+	return keys
+}
+
 // statesOf returns the states of a route's parentRefs that attach it to a
 // Service port (several parentRefs may name the same port).
 func statesOf(states []*parentState, r *compiledRoute, pk portKey) []*parentState {
@@ -497,7 +511,8 @@ func statesOf(states []*parentState, r *compiledRoute, pk portKey) []*parentStat
 // a route that does not fit is left out of that port, and says so.
 func (t *translator) limitRoutes(attached map[portKey][]attachment, states []*parentState) {
 	limit := t.opts.MaxRoutesPerPort
-	for pk, atts := range attached {
+	for _, pk := range sortedPortKeys(attached) {
+		atts := attached[pk]
 		total := 0
 		for _, a := range atts {
 			total += a.route.matchCount()

@@ -211,10 +211,10 @@ type Endpoint struct {
 // Output is the translation of one waypoint.
 type Output struct {
 	// Listener is nil when the waypoint handles no Service traffic.
-	Listener       *listenerv3.Listener
-	Routes         []*routev3.RouteConfiguration
-	Clusters       []*clusterv3.Cluster
-	LoadAssignment []*endpointv3.ClusterLoadAssignment
+	Listener        *listenerv3.Listener
+	Routes          []*routev3.RouteConfiguration
+	Clusters        []*clusterv3.Cluster
+	LoadAssignments []*endpointv3.ClusterLoadAssignment
 	// Outcomes say, per route and Service parentRef bound to this
 	// waypoint, whether the route is accepted and its references resolved.
 	Outcomes []Outcome
@@ -241,7 +241,7 @@ func (o Output) Resources() map[string]map[string]proto.Message {
 	for _, c := range o.Clusters {
 		out[ClusterType][c.GetName()] = c
 	}
-	for _, l := range o.LoadAssignment {
+	for _, l := range o.LoadAssignments {
 		out[ClusterLoadAssignmentType][l.GetClusterName()] = l
 	}
 	return out
