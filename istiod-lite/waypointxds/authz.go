@@ -130,30 +130,30 @@ func (t *translator) policies(bound map[types.NamespacedName]bool) ([]*l7Policy,
 		allow := lp.action == rbacv3.RBAC_ALLOW
 		tcpPorts := t.tcpPorts(lp, bound)
 		lp.http, lp.tcp = map[string]*rbacv3.Policy{}, map[string]*rbacv3.Policy{}
+		report := func(i int, what []string, where string) {
+			if allow {
+				problems = append(problems, fmt.Sprintf("rule %d uses %s, which %s, so the rule never matches (fails closed)",
+					i, strings.Join(what, ", "), where))
+			} else {
+				problems = append(problems, fmt.Sprintf("rule %d uses %s, which %s, so those parts are ignored and the rule matches more",
+					i, strings.Join(what, ", "), where))
+			}
+		}
 		for i, r := range p.Spec.Rules {
 			name := fmt.Sprintf("%s/%s/%d", p.Namespace, p.Name, i)
-			for _, l4 := range []bool{false, true} {
-				pol, unsupported := l7Rule(r, p.Namespace, l4)
-				if len(unsupported) > 0 && (!l4 || len(tcpPorts) > 0) {
-					what := strings.Join(unsupported, ", ")
-					where := "the waypoint cannot check"
-					if l4 {
-						what, where = "HTTP attributes", "cannot be checked on the TCP (not HTTP) ports "+strings.Join(tcpPorts, ", ")
-					}
-					if allow {
-						problems = append(problems, fmt.Sprintf("rule %d uses %s, which %s, so the rule never matches there (fails closed)", i, what, where))
-					} else {
-						problems = append(problems, fmt.Sprintf("rule %d uses %s, which %s, so those parts are ignored and the rule matches more there", i, what, where))
-					}
-				}
-				if len(unsupported) > 0 && allow {
-					continue
-				}
-				if l4 {
-					lp.tcp[name] = pol
-				} else {
-					lp.http[name] = pol
-				}
+			pol, unsupported := l7Rule(r, p.Namespace, false)
+			if len(unsupported) > 0 {
+				report(i, unsupported, "the waypoint cannot check")
+			}
+			if len(unsupported) == 0 || !allow {
+				lp.http[name] = pol
+			}
+			tcpPol, tcpUnsupported := l7Rule(r, p.Namespace, true)
+			if extra := slices.DeleteFunc(slices.Clone(tcpUnsupported), func(u string) bool { return slices.Contains(unsupported, u) }); len(extra) > 0 && len(tcpPorts) > 0 {
+				report(i, extra, "cannot be checked on the ports that are not HTTP ("+strings.Join(tcpPorts, ", ")+")")
+			}
+			if len(tcpUnsupported) == 0 || !allow {
+				lp.tcp[name] = tcpPol
 			}
 		}
 		out = append(out, lp)
