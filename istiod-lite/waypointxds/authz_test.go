@@ -230,7 +230,7 @@ spec:
   rules:
   - from: [{source: {requestPrincipals: ["issuer/subject"]}}]
   - from: [{source: {ipBlocks: [not-an-ip]}}]
-  - when: [{key: request.auth.claims[groups], values: [admin]}]`),
+  - when: [{key: "request.auth.claims[groups]", values: [admin]}]`),
 		authzPolicy(t, `
 metadata: {name: custom}
 spec:

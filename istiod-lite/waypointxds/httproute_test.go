@@ -60,7 +60,7 @@ func TestHTTPRouteFeatures(t *testing.T) {
     queryParams:
     - {name: animal, value: whale}
     - {name: animal, value: dolphin}
-    - {type: RegularExpression, name: n, value: "[0-9]+"}
+    - {type: RegularExpression, name: num, value: "[0-9]+"}
     method: POST
   backendRefs: [{name: web-v1, port: 80}]`,
 		want: `[{"name": "HTTPRoute/shop/r/0",
@@ -71,7 +71,7 @@ func TestHTTPRouteFeatures(t *testing.T) {
       {"name": ":method", "string_match": {"exact": "POST"}}],
     "query_parameters": [
       {"name": "animal", "string_match": {"exact": "whale"}},
-      {"name": "n", "string_match": {"safe_regex": {"regex": "[0-9]+"}}}]},
+      {"name": "num", "string_match": {"safe_regex": {"regex": "[0-9]+"}}}]},
   "route": {"cluster": "` + v1Cluster + `", "timeout": "0s"}}]`,
 	}, {
 		name: "request and response header modifiers",
