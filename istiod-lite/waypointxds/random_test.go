@@ -116,21 +116,33 @@ func dump(in Input) string {
 
 func pick[T any](rng *rand.Rand, xs ...T) T { return xs[rng.IntN(len(xs))] }
 
+// pickBad picks from bad one time in badOdds, else from good: most rules
+// stay valid (and reach the output, where validation looks at them), a
+// few carry a value the translation must refuse.
+func pickBad[T any](rng *rand.Rand, good, bad []T) T {
+	if len(bad) > 0 && rng.IntN(badOdds) == 0 {
+		return pick(rng, bad...)
+	}
+	return pick(rng, good...)
+}
+
+const badOdds = 12
+
 func ptr[T any](v T) *T { return &v }
 
 func randomParents(rng *rand.Rand) []gatewayv1.ParentReference {
 	var out []gatewayv1.ParentReference
 	for range 1 + rng.IntN(2) {
 		ref := gatewayv1.ParentReference{
-			Group: ptr(gatewayv1.Group(pick(rng, "", "", "core", gatewayv1.GroupName))),
-			Kind:  ptr(gatewayv1.Kind(pick(rng, "Service", "Service", "Gateway"))),
-			Name:  gatewayv1.ObjectName(pick(rng, "web", "web-v1", "web-v2", "plain", "missing")),
+			Group: ptr(gatewayv1.Group(pickBad(rng, []string{"", "core"}, []string{gatewayv1.GroupName}))),
+			Kind:  ptr(gatewayv1.Kind(pickBad(rng, []string{"Service"}, []string{"Gateway"}))),
+			Name:  gatewayv1.ObjectName(pickBad(rng, []string{"web", "web", "web-v1", "web-v2"}, []string{"plain", "missing"})),
 		}
 		if rng.IntN(3) == 0 {
-			ref.Port = ptr(gatewayv1.PortNumber(pick[int32](rng, 80, 8080, 7070, 9090, 3000, 81)))
+			ref.Port = ptr(gatewayv1.PortNumber(pickBad(rng, []int32{80, 8080, 7070, 3000}, []int32{9090, 81})))
 		}
 		if rng.IntN(6) == 0 {
-			ref.SectionName = ptr(gatewayv1.SectionName(pick(rng, "http", "grpc", "nope")))
+			ref.SectionName = ptr(gatewayv1.SectionName(pickBad(rng, []string{"http", "grpc"}, []string{"nope"})))
 		}
 		if rng.IntN(6) == 0 {
 			ref.Namespace = ptr(gatewayv1.Namespace(pick(rng, "shop", "other")))
@@ -144,8 +156,8 @@ func randomBackends(rng *rand.Rand) []gatewayv1.HTTPBackendRef {
 	var out []gatewayv1.HTTPBackendRef
 	for range rng.IntN(4) {
 		b := gatewayv1.HTTPBackendRef{}
-		b.Name = gatewayv1.ObjectName(pick(rng, "web", "web-v1", "web-v2", "api", "missing"))
-		b.Port = ptr(gatewayv1.PortNumber(pick[int32](rng, 80, 7070, 8080, 81)))
+		b.Name = gatewayv1.ObjectName(pickBad(rng, []string{"web", "web-v1", "web-v2"}, []string{"api", "missing"}))
+		b.Port = ptr(gatewayv1.PortNumber(pickBad(rng, []int32{80, 7070, 8080}, []int32{81})))
 		if rng.IntN(4) == 0 {
 			b.Namespace = ptr(gatewayv1.Namespace(pick(rng, "other", "shop")))
 		}
@@ -153,7 +165,7 @@ func randomBackends(rng *rand.Rand) []gatewayv1.HTTPBackendRef {
 			b.Kind = ptr(gatewayv1.Kind("Bucket"))
 		}
 		if rng.IntN(2) == 0 {
-			b.Weight = ptr(pick[int32](rng, 0, 1, 30, 70, 1000000, -1, 2000000))
+			b.Weight = ptr(pickBad(rng, []int32{0, 1, 30, 70, 1000000}, []int32{-1, 2000000}))
 		}
 		if rng.IntN(4) == 0 {
 			b.Filters = []gatewayv1.HTTPRouteFilter{randomFilter(rng)}
@@ -164,17 +176,17 @@ func randomBackends(rng *rand.Rand) []gatewayv1.HTTPBackendRef {
 }
 
 func randomHeaderFilter(rng *rand.Rand) *gatewayv1.HTTPHeaderFilter {
-	name := gatewayv1.HTTPHeaderName(pick(rng, "X-A", "x-b", "bad name", "x\r\ny", ":path"))
-	value := pick(rng, "v", "", "a,b", "bad\nvalue")
+	name := gatewayv1.HTTPHeaderName(pickBad(rng, []string{"X-A", "x-b"}, []string{"bad name", "x\r\ny", ":path"}))
+	value := pickBad(rng, []string{"v", "", "a,b"}, []string{"bad\nvalue"})
 	return &gatewayv1.HTTPHeaderFilter{
 		Set:    []gatewayv1.HTTPHeader{{Name: name, Value: value}},
 		Add:    []gatewayv1.HTTPHeader{{Name: "x-add", Value: value}},
-		Remove: []string{pick(rng, "x-rm", "bad name")},
+		Remove: []string{pickBad(rng, []string{"x-rm"}, []string{"bad name"})},
 	}
 }
 
 func randomFilter(rng *rand.Rand) gatewayv1.HTTPRouteFilter {
-	switch rng.IntN(8) {
+	switch pickBad(rng, []int{0, 1, 2, 3, 4}, []int{5, 6, 7}) {
 	case 0:
 		return gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterRequestHeaderModifier, RequestHeaderModifier: randomHeaderFilter(rng)}
 	case 1:
@@ -182,16 +194,16 @@ func randomFilter(rng *rand.Rand) gatewayv1.HTTPRouteFilter {
 	case 2:
 		f := &gatewayv1.HTTPRequestRedirectFilter{}
 		if rng.IntN(2) == 0 {
-			f.Scheme = ptr(pick(rng, "http", "https", "ftp"))
+			f.Scheme = ptr(pickBad(rng, []string{"http", "https"}, []string{"ftp"}))
 		}
 		if rng.IntN(2) == 0 {
-			f.Hostname = ptr(gatewayv1.PreciseHostname(pick(rng, "example.org", "bad/host", "")))
+			f.Hostname = ptr(gatewayv1.PreciseHostname(pickBad(rng, []string{"example.org"}, []string{"bad/host", ""})))
 		}
 		if rng.IntN(2) == 0 {
-			f.Port = ptr(gatewayv1.PortNumber(pick[int32](rng, 8083, 0, 70000)))
+			f.Port = ptr(gatewayv1.PortNumber(pickBad(rng, []int32{8083, 443}, []int32{0, 70000})))
 		}
 		if rng.IntN(2) == 0 {
-			f.StatusCode = ptr(pick(rng, 301, 302, 303, 307, 308, 200))
+			f.StatusCode = ptr(pickBad(rng, []int{301, 302, 303, 307, 308}, []int{200}))
 		}
 		if rng.IntN(2) == 0 {
 			f.Path = randomPathModifier(rng)
@@ -200,18 +212,18 @@ func randomFilter(rng *rand.Rand) gatewayv1.HTTPRouteFilter {
 	case 3:
 		f := &gatewayv1.HTTPURLRewriteFilter{Path: randomPathModifier(rng)}
 		if rng.IntN(2) == 0 {
-			f.Hostname = ptr(gatewayv1.PreciseHostname(pick(rng, "example.org", "bad\nhost")))
+			f.Hostname = ptr(gatewayv1.PreciseHostname(pickBad(rng, []string{"example.org"}, []string{"bad\nhost"})))
 		}
 		return gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterURLRewrite, URLRewrite: f}
 	case 4:
 		m := &gatewayv1.HTTPRequestMirrorFilter{}
-		m.BackendRef.Name = gatewayv1.ObjectName(pick(rng, "web-v2", "missing"))
+		m.BackendRef.Name = gatewayv1.ObjectName(pickBad(rng, []string{"web-v2"}, []string{"missing"}))
 		m.BackendRef.Port = ptr(gatewayv1.PortNumber(80))
 		switch rng.IntN(4) {
 		case 0:
-			m.Percent = ptr(pick[int32](rng, 0, 50, 100, 101))
+			m.Percent = ptr(pickBad(rng, []int32{0, 50, 100}, []int32{101}))
 		case 1:
-			m.Fraction = &gatewayv1.Fraction{Numerator: pick[int32](rng, 0, 1, 7), Denominator: ptr(pick[int32](rng, 3, 100, 7, 0, 1000000))}
+			m.Fraction = &gatewayv1.Fraction{Numerator: pick[int32](rng, 0, 1, 3), Denominator: ptr(pickBad(rng, []int32{3, 100, 7, 1000000}, []int32{0}))}
 		}
 		return gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterRequestMirror, RequestMirror: m}
 	case 5:
@@ -224,7 +236,7 @@ func randomFilter(rng *rand.Rand) gatewayv1.HTTPRouteFilter {
 
 func randomPathModifier(rng *rand.Rand) *gatewayv1.HTTPPathModifier {
 	if rng.IntN(2) == 0 {
-		return &gatewayv1.HTTPPathModifier{Type: gatewayv1.FullPathHTTPPathModifier, ReplaceFullPath: ptr(pick(rng, "/new", "/", "no-slash", `/a\1`))}
+		return &gatewayv1.HTTPPathModifier{Type: gatewayv1.FullPathHTTPPathModifier, ReplaceFullPath: ptr(pickBad(rng, []string{"/new", "/"}, []string{"no-slash", `/a\1`}))}
 	}
 	return &gatewayv1.HTTPPathModifier{Type: gatewayv1.PrefixMatchHTTPPathModifier, ReplacePrefixMatch: ptr(pick(rng, "/new", "/", "", "/x/"))}
 }
@@ -232,24 +244,24 @@ func randomPathModifier(rng *rand.Rand) *gatewayv1.HTTPPathModifier {
 func randomHTTPMatch(rng *rand.Rand) gatewayv1.HTTPRouteMatch {
 	m := gatewayv1.HTTPRouteMatch{}
 	if rng.IntN(4) > 0 {
-		typ := pick(rng, gatewayv1.PathMatchExact, gatewayv1.PathMatchPathPrefix, gatewayv1.PathMatchRegularExpression, "Bogus")
-		value := pick(rng, "/", "/a", "/a/", "/a/b", "//x", "no-slash", "/a?b", "/(x|y)+", "(", "")
+		typ := pickBad(rng, []gatewayv1.PathMatchType{gatewayv1.PathMatchExact, gatewayv1.PathMatchPathPrefix, gatewayv1.PathMatchPathPrefix, gatewayv1.PathMatchRegularExpression}, []gatewayv1.PathMatchType{"Bogus"})
+		value := pickBad(rng, []string{"/", "/a", "/a/", "/a/b", "/(x|y)+"}, []string{"//x", "no-slash", "/a?b", "/a#b", "(", ""})
 		m.Path = &gatewayv1.HTTPPathMatch{Type: &typ, Value: &value}
 	}
 	for range rng.IntN(3) {
 		typ := pick(rng, gatewayv1.HeaderMatchExact, gatewayv1.HeaderMatchRegularExpression)
 		m.Headers = append(m.Headers, gatewayv1.HTTPHeaderMatch{
-			Type: &typ, Name: gatewayv1.HTTPHeaderName(pick(rng, "version", "Version", "x-b", "bad name")), Value: pick(rng, "one", "[a-z]+", "("),
+			Type: &typ, Name: gatewayv1.HTTPHeaderName(pickBad(rng, []string{"version", "Version", "x-b"}, []string{"bad name"})), Value: pickBad(rng, []string{"one", "[a-z]+"}, []string{"("}),
 		})
 	}
 	for range rng.IntN(3) {
 		typ := pick(rng, gatewayv1.QueryParamMatchExact, gatewayv1.QueryParamMatchRegularExpression)
 		m.QueryParams = append(m.QueryParams, gatewayv1.HTTPQueryParamMatch{
-			Type: &typ, Name: gatewayv1.HTTPHeaderName(pick(rng, "animal", "q", "", "a=b")), Value: pick(rng, "whale", "[0-9]+", "("),
+			Type: &typ, Name: gatewayv1.HTTPHeaderName(pickBad(rng, []string{"animal", "q"}, []string{"", "a=b"})), Value: pickBad(rng, []string{"whale", "[0-9]+"}, []string{"("}),
 		})
 	}
 	if rng.IntN(3) == 0 {
-		m.Method = ptr(gatewayv1.HTTPMethod(pick(rng, "GET", "POST", "BAD METHOD")))
+		m.Method = ptr(gatewayv1.HTTPMethod(pickBad(rng, []string{"GET", "POST"}, []string{"BAD METHOD"})))
 	}
 	return m
 }
@@ -274,15 +286,15 @@ func randomHTTPRoute(rng *rand.Rand, i int) *gatewayv1.HTTPRoute {
 		}
 		if rng.IntN(4) == 0 {
 			rule.Timeouts = &gatewayv1.HTTPRouteTimeouts{
-				Request:        ptr(gatewayv1.Duration(pick(rng, "10s", "0s", "1.5s", "1h2m3s4ms"))),
-				BackendRequest: ptr(gatewayv1.Duration(pick(rng, "1s", "0s", "bad"))),
+				Request:        ptr(gatewayv1.Duration(pickBad(rng, []string{"10s", "0s", "1h2m3s4ms"}, []string{"1.5s"}))),
+				BackendRequest: ptr(gatewayv1.Duration(pickBad(rng, []string{"1s", "0s"}, []string{"bad"}))),
 			}
 		}
 		if rng.IntN(5) == 0 {
 			rule.Retry = &gatewayv1.HTTPRouteRetry{
-				Attempts: ptr(pick(rng, 0, 1, 3, 1000)),
-				Codes:    []gatewayv1.HTTPRouteRetryStatusCode{gatewayv1.HTTPRouteRetryStatusCode(pick(rng, 500, 503, 200))},
-				Backoff:  ptr(gatewayv1.Duration(pick(rng, "100ms", "0s", "x"))),
+				Attempts: ptr(pickBad(rng, []int{0, 1, 3}, []int{1000})),
+				Codes:    []gatewayv1.HTTPRouteRetryStatusCode{gatewayv1.HTTPRouteRetryStatusCode(pickBad(rng, []int{500, 503}, []int{200}))},
+				Backoff:  ptr(gatewayv1.Duration(pickBad(rng, []string{"100ms", "0s"}, []string{"x"}))),
 			}
 		}
 		r.Spec.Rules = append(r.Spec.Rules, rule)
@@ -300,13 +312,13 @@ func randomGRPCRoute(rng *rand.Rand, i int) *gatewayv1.GRPCRoute {
 	for range 1 + rng.IntN(3) {
 		rule := gatewayv1.GRPCRouteRule{}
 		for range rng.IntN(3) {
-			typ := pick(rng, gatewayv1.GRPCMethodMatchExact, gatewayv1.GRPCMethodMatchRegularExpression, "Bogus")
+			typ := pickBad(rng, []gatewayv1.GRPCMethodMatchType{gatewayv1.GRPCMethodMatchExact, gatewayv1.GRPCMethodMatchRegularExpression}, []gatewayv1.GRPCMethodMatchType{"Bogus"})
 			m := gatewayv1.GRPCRouteMatch{Method: &gatewayv1.GRPCMethodMatch{Type: &typ}}
 			if rng.IntN(3) > 0 {
-				m.Method.Service = ptr(pick(rng, "pkg.Echo", "a/b", "pkg\\..*", "("))
+				m.Method.Service = ptr(pickBad(rng, []string{"pkg.Echo", "pkg\\..*"}, []string{"a/b", "("}))
 			}
 			if rng.IntN(3) > 0 {
-				m.Method.Method = ptr(pick(rng, "Call", "C.*", "a b"))
+				m.Method.Method = ptr(pickBad(rng, []string{"Call", "C.*"}, []string{"a b"}))
 			}
 			if rng.IntN(2) == 0 {
 				m.Headers = []gatewayv1.GRPCHeaderMatch{{Name: "x-tenant", Value: "a"}}
