@@ -30,6 +30,9 @@ func TestRandomInputs(t *testing.T) {
 	rng := rand.New(rand.NewPCG(12, 2026))
 	for i := range randomInputs {
 		in := fixtureInput()
+		if rng.IntN(3) == 0 {
+			in.Options.MaxRoutesPerPort = 1 + rng.IntN(6) // exercise the bound
+		}
 		for j := range rng.IntN(7) {
 			if rng.IntN(3) == 0 {
 				in.GRPCRoutes = append(in.GRPCRoutes, randomGRPCRoute(rng, j))
