@@ -635,7 +635,7 @@ func (t *translator) routeConfig(pk portKey, atts []attachment) *routev3.RouteCo
 		out = append(out, t.envoyRoute(e, ""))
 	}
 	if len(producers) == 0 {
-		own := target{pk.service, pk.port}
+		own := target(pk)
 		t.used[own] = true
 		out = append(out, &routev3.Route{
 			Name:  "default/" + t.routeConfigName(pk),
