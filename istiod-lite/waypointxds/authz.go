@@ -3,7 +3,6 @@ package waypointxds
 import (
 	"cmp"
 	"fmt"
-	"net/netip"
 	"regexp"
 	"slices"
 	"strconv"
@@ -23,6 +22,7 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	securityv1 "github.com/cairnmesh/cairn/apis/security/v1"
+	"github.com/cairnmesh/cairn/istiod-lite/model"
 )
 
 // ConditionWaypointAccepted is the AuthorizationPolicy condition through
@@ -303,24 +303,10 @@ func (b *ruleBuilder) source(s *securityv1.Source) *rbacv3.Principal {
 		return anyID()
 	}
 	var ids []*rbacv3.Principal
-	add := func(values []string, not bool, conv func(string) *rbacv3.Principal) {
-		if len(values) == 0 {
-			return
+	add := func(values []string, negate bool, conv func(string) *rbacv3.Principal) {
+		if p := principals.anyOf(values, negate, conv); p != nil {
+			ids = append(ids, p)
 		}
-		var alts []*rbacv3.Principal
-		for _, v := range values {
-			if p := conv(v); p != nil {
-				alts = append(alts, p)
-			}
-		}
-		if len(alts) == 0 {
-			return
-		}
-		id := orIDs(alts)
-		if not {
-			id = &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: id}}
-		}
-		ids = append(ids, id)
 	}
 	if len(s.RequestPrincipals) > 0 || len(s.NotRequestPrincipals) > 0 {
 		b.skip("requestPrincipals (no RequestAuthentication)")
@@ -347,21 +333,10 @@ func (b *ruleBuilder) operation(o *securityv1.Operation) *rbacv3.Permission {
 		return anyPerm()
 	}
 	var rules []*rbacv3.Permission
-	add := func(values []string, not bool, conv func(string) *rbacv3.Permission) {
-		var alts []*rbacv3.Permission
-		for _, v := range values {
-			if p := conv(v); p != nil {
-				alts = append(alts, p)
-			}
+	add := func(values []string, negate bool, conv func(string) *rbacv3.Permission) {
+		if p := permissions.anyOf(values, negate, conv); p != nil {
+			rules = append(rules, p)
 		}
-		if len(alts) == 0 {
-			return
-		}
-		rule := orRules(alts)
-		if not {
-			rule = &rbacv3.Permission{Rule: &rbacv3.Permission_NotRule{NotRule: rule}}
-		}
-		rules = append(rules, rule)
 	}
 	if b.httpOnly("hosts", o.Hosts) {
 		add(o.Hosts, false, hostPerm)
@@ -389,87 +364,84 @@ func (b *ruleBuilder) operation(o *securityv1.Operation) *rbacv3.Permission {
 // when translates one condition into a permission (request attributes) or
 // a principal (caller attributes); unsupported keys give neither.
 func (b *ruleBuilder) when(c securityv1.Condition) (*rbacv3.Permission, *rbacv3.Principal) {
-	perm := func(conv func(string) *rbacv3.Permission) *rbacv3.Permission {
-		var rules []*rbacv3.Permission
-		var alts, none []*rbacv3.Permission
-		for _, v := range c.Values {
-			if p := conv(v); p != nil {
-				alts = append(alts, p)
-			}
-		}
-		for _, v := range c.NotValues {
-			if p := conv(v); p != nil {
-				none = append(none, p)
-			}
-		}
-		if len(alts) > 0 {
-			rules = append(rules, orRules(alts))
-		}
-		if len(none) > 0 {
-			rules = append(rules, &rbacv3.Permission{Rule: &rbacv3.Permission_NotRule{NotRule: orRules(none)}})
-		}
-		if len(rules) == 0 {
-			return nil
-		}
-		return andRules(rules)
-	}
-	princ := func(conv func(string) *rbacv3.Principal) *rbacv3.Principal {
-		var ids []*rbacv3.Principal
-		var alts, none []*rbacv3.Principal
-		for _, v := range c.Values {
-			if p := conv(v); p != nil {
-				alts = append(alts, p)
-			}
-		}
-		for _, v := range c.NotValues {
-			if p := conv(v); p != nil {
-				none = append(none, p)
-			}
-		}
-		if len(alts) > 0 {
-			ids = append(ids, orIDs(alts))
-		}
-		if len(none) > 0 {
-			ids = append(ids, &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: orIDs(none)}})
-		}
-		if len(ids) == 0 {
-			return nil
-		}
-		return andIDs(ids)
-	}
 	key := c.Key
 	if header, ok := strings.CutPrefix(key, "request.headers["); ok && strings.HasSuffix(header, "]") {
 		name := strings.ToLower(strings.TrimSuffix(header, "]"))
-		if !validToken(name) {
+		if !validToken(name) || b.l4 {
 			b.skip("the when key " + key)
 			return nil, nil
 		}
-		if b.l4 {
-			b.skip("the when key " + key)
-			return nil, nil
-		}
-		return perm(func(v string) *rbacv3.Permission { return headerPerm(name, v, false) }), nil
+		return permissions.condition(c, func(v string) *rbacv3.Permission { return headerPerm(name, v, false) }), nil
 	}
 	switch key {
 	case "source.ip":
-		return nil, princ(b.ipID("when source.ip", directRemoteIP))
+		return nil, principals.condition(c, b.ipID("when source.ip", directRemoteIP))
 	case "remote.ip":
 		if b.l4 {
 			b.skip("the when key remote.ip")
 			return nil, nil
 		}
-		return nil, princ(b.ipID("when remote.ip", remoteIP))
+		return nil, principals.condition(c, b.ipID("when remote.ip", remoteIP))
 	case "source.namespace":
-		return nil, princ(namespaceID)
+		return nil, principals.condition(c, namespaceID)
 	case "source.principal":
-		return nil, princ(principalID)
+		return nil, principals.condition(c, principalID)
 	case "destination.ip":
-		return perm(b.destinationIPPerm), nil
+		return permissions.condition(c, b.destinationIPPerm), nil
 	case "destination.port":
-		return perm(b.portPerm("when destination.port")), nil
+		return permissions.condition(c, b.portPerm("when destination.port")), nil
 	}
 	b.skip("the when key " + key)
 	return nil, nil
+}
+
+// setOps combines Envoy permissions or principals: any of, all of, not.
+type setOps[T any] struct {
+	or, and func([]*T) *T
+	not     func(*T) *T
+}
+
+var (
+	permissions = setOps[rbacv3.Permission]{or: orRules, and: andRules, not: func(p *rbacv3.Permission) *rbacv3.Permission {
+		return &rbacv3.Permission{Rule: &rbacv3.Permission_NotRule{NotRule: p}}
+	}}
+	principals = setOps[rbacv3.Principal]{or: orIDs, and: andIDs, not: func(p *rbacv3.Principal) *rbacv3.Principal {
+		return &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: p}}
+	}}
+)
+
+// anyOf matches any of values (none of them when negate); nil when no
+// value converts (an unsupported value, already noted by conv).
+func (o setOps[T]) anyOf(values []string, negate bool, conv func(string) *T) *T {
+	var alts []*T
+	for _, v := range values {
+		if p := conv(v); p != nil {
+			alts = append(alts, p)
+		}
+	}
+	if len(alts) == 0 {
+		return nil
+	}
+	if negate {
+		return o.not(o.or(alts))
+	}
+	return o.or(alts)
+}
+
+// condition matches a when condition: any of its values and none of its
+// notValues; nil when it gives nothing to match.
+func (o setOps[T]) condition(c securityv1.Condition, conv func(string) *T) *T {
+	var parts []*T
+	if p := o.anyOf(c.Values, false, conv); p != nil {
+		parts = append(parts, p)
+	}
+	if p := o.anyOf(c.NotValues, true, conv); p != nil {
+		parts = append(parts, p)
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	return o.and(parts)
 }
 
 // istioMatch turns an Istio value into a StringMatcher: "*" is presence,
@@ -571,20 +543,9 @@ func (b *ruleBuilder) portPerm(field string) func(string) *rbacv3.Permission {
 }
 
 func cidrRange(v string) (*corev3.CidrRange, error) {
-	var p netip.Prefix
-	if strings.Contains(v, "/") {
-		var err error
-		if p, err = netip.ParsePrefix(v); err != nil {
-			return nil, fmt.Errorf("not an IP address or CIDR")
-		}
-		p = p.Masked()
-	} else {
-		ip, err := netip.ParseAddr(v)
-		if err != nil || ip.Zone() != "" {
-			return nil, fmt.Errorf("not an IP address or CIDR")
-		}
-		ip = ip.Unmap()
-		p = netip.PrefixFrom(ip, ip.BitLen())
+	p, err := model.ParseCIDR(v)
+	if err != nil {
+		return nil, fmt.Errorf("not an IP address or CIDR")
 	}
 	return &corev3.CidrRange{AddressPrefix: p.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(p.Bits()))}, nil
 }

@@ -83,23 +83,15 @@ func httpMatch(m gatewayv1.HTTPRouteMatch) (*routev3.RouteMatch, rank, error) {
 		return nil, r, fmt.Errorf("path match type %q is not supported (use Exact, PathPrefix or RegularExpression)", typ)
 	}
 
-	seen := map[string]bool{}
-	for _, h := range m.Headers {
-		name := strings.ToLower(string(h.Name))
-		if seen[name] {
-			continue // Gateway API: only the first match of a name counts
-		}
-		seen[name] = true
-		typ := gatewayv1.HeaderMatchExact
-		if h.Type != nil {
-			typ = *h.Type
-		}
-		hm, err := headerMatch(name, string(typ), h.Value)
-		if err != nil {
-			return nil, r, err
-		}
-		out.Headers = append(out.Headers, hm)
+	specs := make([]headerSpec, len(m.Headers))
+	for i, h := range m.Headers {
+		specs[i] = headerSpec{string(h.Name), string(deref(h.Type)), h.Value}
 	}
+	hs, err := headerMatchers(specs)
+	if err != nil {
+		return nil, r, err
+	}
+	out.Headers = hs
 	headers := len(out.Headers)
 
 	seenQuery := map[string]bool{}
@@ -200,25 +192,45 @@ func grpcMatch(m gatewayv1.GRPCRouteMatch) (*routev3.RouteMatch, rank, error) {
 		}
 		r[0], r[1] = -len(service), -len(method)
 	}
+	specs := make([]headerSpec, len(m.Headers))
+	for i, h := range m.Headers {
+		specs[i] = headerSpec{string(h.Name), string(deref(h.Type)), h.Value}
+	}
+	hs, err := headerMatchers(specs)
+	if err != nil {
+		return nil, r, err
+	}
+	out.Headers = hs
+	r[2] = -len(out.Headers)
+	return out, r, nil
+}
+
+// headerSpec is a header match of an HTTPRoute or a GRPCRoute; typ "" is
+// Exact, the default of both.
+type headerSpec struct{ name, typ, value string }
+
+// headerMatchers translates header matches. Names are case-insensitive and
+// only the first match of a name counts, as Gateway API says.
+func headerMatchers(specs []headerSpec) ([]*routev3.HeaderMatcher, error) {
+	var out []*routev3.HeaderMatcher
 	seen := map[string]bool{}
-	for _, h := range m.Headers {
-		name := strings.ToLower(string(h.Name))
+	for _, h := range specs {
+		name := strings.ToLower(h.name)
 		if seen[name] {
 			continue
 		}
 		seen[name] = true
-		typ := gatewayv1.GRPCHeaderMatchExact
-		if h.Type != nil {
-			typ = *h.Type
+		typ := h.typ
+		if typ == "" {
+			typ = string(gatewayv1.HeaderMatchExact)
 		}
-		hm, err := headerMatch(name, string(typ), h.Value)
+		hm, err := headerMatch(name, typ, h.value)
 		if err != nil {
-			return nil, r, err
+			return nil, err
 		}
-		out.Headers = append(out.Headers, hm)
+		out = append(out, hm)
 	}
-	r[2] = -len(out.Headers)
-	return out, r, nil
+	return out, nil
 }
 
 func headerMatch(name, typ, value string) (*routev3.HeaderMatcher, error) {

@@ -170,26 +170,17 @@ func (t *translator) buildAction(kind, routeNS string, parents []gatewayv1.Paren
 			ra.HostRewriteSpecifier = &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: host}
 		}
 		if p := rewrite.Path; p != nil {
-			switch p.Type {
-			case gatewayv1.FullPathHTTPPathModifier:
-				if p.ReplaceFullPath == nil || checkPath(*p.ReplaceFullPath) != nil {
-					return a, unsupported("URLRewrite ReplaceFullPath needs an absolute path")
-				}
+			pc, rerr := pathModifier("URLRewrite", p, spec)
+			if rerr != nil {
+				return a, rerr
+			}
+			if pc.full != "" {
 				ra.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{
 					Pattern:      &matcherv3.RegexMatcher{Regex: "^/.*$"},
-					Substitution: escapeSubstitution(*p.ReplaceFullPath),
+					Substitution: escapeSubstitution(pc.full),
 				}
-			case gatewayv1.PrefixMatchHTTPPathModifier:
-				if !spec.hasPrefix {
-					return a, unsupported("URLRewrite ReplacePrefixMatch needs exactly one match, of type PathPrefix")
-				}
-				repl := deref(p.ReplacePrefixMatch)
-				if repl != "" && checkPath(repl) != nil {
-					return a, unsupported("URLRewrite ReplacePrefixMatch %q is not an absolute path", repl)
-				}
-				ra.PrefixRewrite, ra.RegexRewrite = prefixReplace(spec.prefix, repl)
-			default:
-				return a, unsupported("URLRewrite path type %q is not supported", p.Type)
+			} else {
+				ra.PrefixRewrite, ra.RegexRewrite = pc.prefix, pc.regex
 			}
 		}
 	}
@@ -416,31 +407,51 @@ func redirectAction(f *gatewayv1.HTTPRequestRedirectFilter, spec ruleSpec) (*rou
 		ra.HostRedirect = host
 	}
 	if p := f.Path; p != nil {
-		switch p.Type {
-		case gatewayv1.FullPathHTTPPathModifier:
-			if p.ReplaceFullPath == nil || checkPath(*p.ReplaceFullPath) != nil {
-				return nil, unsupported("RequestRedirect ReplaceFullPath needs an absolute path")
-			}
-			ra.PathRewriteSpecifier = &routev3.RedirectAction_PathRedirect{PathRedirect: *p.ReplaceFullPath}
-		case gatewayv1.PrefixMatchHTTPPathModifier:
-			if !spec.hasPrefix {
-				return nil, unsupported("RequestRedirect ReplacePrefixMatch needs exactly one match, of type PathPrefix")
-			}
-			repl := deref(p.ReplacePrefixMatch)
-			if repl != "" && checkPath(repl) != nil {
-				return nil, unsupported("RequestRedirect ReplacePrefixMatch %q is not an absolute path", repl)
-			}
-			prefix, re := prefixReplace(spec.prefix, repl)
-			if re != nil {
-				ra.PathRewriteSpecifier = &routev3.RedirectAction_RegexRewrite{RegexRewrite: re}
-			} else {
-				ra.PathRewriteSpecifier = &routev3.RedirectAction_PrefixRewrite{PrefixRewrite: prefix}
-			}
+		pc, rerr := pathModifier("RequestRedirect", p, spec)
+		if rerr != nil {
+			return nil, rerr
+		}
+		switch {
+		case pc.full != "":
+			ra.PathRewriteSpecifier = &routev3.RedirectAction_PathRedirect{PathRedirect: pc.full}
+		case pc.regex != nil:
+			ra.PathRewriteSpecifier = &routev3.RedirectAction_RegexRewrite{RegexRewrite: pc.regex}
 		default:
-			return nil, unsupported("RequestRedirect path type %q is not supported", p.Type)
+			ra.PathRewriteSpecifier = &routev3.RedirectAction_PrefixRewrite{PrefixRewrite: pc.prefix}
 		}
 	}
 	return ra, nil
+}
+
+// pathChange is a checked path modifier: a full path, or the replacement
+// of the matched prefix (prefix, or regex for the "/" case).
+type pathChange struct {
+	full   string
+	prefix string
+	regex  *matcherv3.RegexMatchAndSubstitute
+}
+
+// pathModifier checks the path modifier of a URLRewrite or RequestRedirect
+// filter (named by filter, for messages).
+func pathModifier(filter string, p *gatewayv1.HTTPPathModifier, spec ruleSpec) (pathChange, *ruleError) {
+	switch p.Type {
+	case gatewayv1.FullPathHTTPPathModifier:
+		if p.ReplaceFullPath == nil || checkPath(*p.ReplaceFullPath) != nil {
+			return pathChange{}, unsupported("%s ReplaceFullPath needs an absolute path", filter)
+		}
+		return pathChange{full: *p.ReplaceFullPath}, nil
+	case gatewayv1.PrefixMatchHTTPPathModifier:
+		if !spec.hasPrefix {
+			return pathChange{}, unsupported("%s ReplacePrefixMatch needs exactly one match, of type PathPrefix", filter)
+		}
+		repl := deref(p.ReplacePrefixMatch)
+		if repl != "" && checkPath(repl) != nil {
+			return pathChange{}, unsupported("%s ReplacePrefixMatch %q is not an absolute path", filter, repl)
+		}
+		prefix, re := prefixReplace(spec.prefix, repl)
+		return pathChange{prefix: prefix, regex: re}, nil
+	}
+	return pathChange{}, unsupported("%s path type %q is not supported", filter, p.Type)
 }
 
 // prefixReplace implements ReplacePrefixMatch for a route matching the

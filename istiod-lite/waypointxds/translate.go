@@ -3,6 +3,7 @@ package waypointxds
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -10,6 +11,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -94,118 +96,128 @@ func (c *compiledRoute) older(o *compiledRoute) int {
 }
 
 func (t *translator) compileHTTPRoute(r *gatewayv1.HTTPRoute) *compiledRoute {
-	c := &compiledRoute{
-		kind: kindHTTPRoute, key: types.NamespacedName{Namespace: r.Namespace, Name: r.Name},
-		generation: r.Generation, created: r.CreationTimestamp.Time, parents: r.Spec.ParentRefs,
+	counts := make([]int, len(r.Spec.Rules))
+	for i, rule := range r.Spec.Rules {
+		counts[i] = len(rule.Matches)
 	}
-	matches := 0
-	for _, rule := range r.Spec.Rules {
-		matches += max(1, len(rule.Matches))
-	}
-	if len(r.Spec.Rules) > maxRules || matches > maxMatchesInRoute || len(r.Spec.ParentRefs) > maxParentRefs {
-		c.refused = fmt.Sprintf("the route has more than %d rules, %d matches or %d parentRefs", maxRules, maxMatchesInRoute, maxParentRefs)
+	c := newCompiledRoute(kindHTTPRoute, r.ObjectMeta, r.Spec.ParentRefs, counts)
+	if c.refused != "" {
 		return c
 	}
 	for i, rule := range r.Spec.Rules {
-		name := ruleName(rule.Name, i)
-		ms := rule.Matches
-		if len(ms) == 0 {
-			ms = []gatewayv1.HTTPRouteMatch{{}}
-		}
-		var compiled []compiledMatch
-		var rerr *ruleError
-		for j, m := range ms {
-			if len(m.Headers) > maxPerRule || len(m.QueryParams) > maxPerRule {
-				rerr = unsupported("match %d has more than %d header or query parameter matches", j, maxPerRule)
-				break
-			}
-			rm, rk, err := httpMatch(m)
-			if err != nil {
-				rerr = unsupported("match %d: %v", j, err)
-				break
-			}
-			compiled = append(compiled, compiledMatch{rm, rk, j})
-		}
 		spec := ruleSpec{
 			filters: rule.Filters, backends: rule.BackendRefs, timeouts: rule.Timeouts, retry: rule.Retry,
 			sessionPersistence: rule.SessionPersistence != nil,
 		}
-		if len(ms) == 1 {
+		// ReplacePrefixMatch needs the rule's one PathPrefix match (no
+		// match at all is PathPrefix "/").
+		if len(rule.Matches) <= 1 {
 			typ, value := gatewayv1.PathMatchPathPrefix, "/"
-			if p := ms[0].Path; p != nil {
-				typ, value = deref(p.Type), deref(p.Value)
-				if p.Type == nil {
-					typ = gatewayv1.PathMatchPathPrefix
+			if len(rule.Matches) == 1 && rule.Matches[0].Path != nil {
+				p := rule.Matches[0].Path
+				if p.Type != nil {
+					typ = *p.Type
 				}
-				if p.Value == nil {
-					value = "/"
+				if p.Value != nil {
+					value = *p.Value
 				}
 			}
 			spec.prefix, spec.hasPrefix = value, typ == gatewayv1.PathMatchPathPrefix
 		}
-		var act action
-		if rerr == nil {
-			act, rerr = t.buildAction(kindHTTPRoute, r.Namespace, r.Spec.ParentRefs, spec)
-		}
-		c.refs = append(c.refs, act.refs...)
-		if rerr != nil {
-			c.drop(name, rerr)
-			continue
-		}
-		c.rules = append(c.rules, compiledRule{index: i, name: name, matches: compiled, act: act})
+		t.addRule(c, i, rule.Name, len(rule.Matches), spec, func(j int) (*routev3.RouteMatch, rank, *ruleError) {
+			var m gatewayv1.HTTPRouteMatch
+			if j < len(rule.Matches) {
+				m = rule.Matches[j]
+			}
+			if len(m.Headers) > maxPerRule || len(m.QueryParams) > maxPerRule {
+				return nil, rank{}, unsupported("match %d has more than %d header or query parameter matches", j, maxPerRule)
+			}
+			rm, rk, err := httpMatch(m)
+			if err != nil {
+				return nil, rank{}, unsupported("match %d: %v", j, err)
+			}
+			return rm, rk, nil
+		})
 	}
 	return c
 }
 
 func (t *translator) compileGRPCRoute(r *gatewayv1.GRPCRoute) *compiledRoute {
-	c := &compiledRoute{
-		kind: kindGRPCRoute, key: types.NamespacedName{Namespace: r.Namespace, Name: r.Name},
-		generation: r.Generation, created: r.CreationTimestamp.Time, parents: r.Spec.ParentRefs,
+	counts := make([]int, len(r.Spec.Rules))
+	for i, rule := range r.Spec.Rules {
+		counts[i] = len(rule.Matches)
 	}
-	matches := 0
-	for _, rule := range r.Spec.Rules {
-		matches += max(1, len(rule.Matches))
-	}
-	if len(r.Spec.Rules) > maxRules || matches > maxMatchesInRoute || len(r.Spec.ParentRefs) > maxParentRefs {
-		c.refused = fmt.Sprintf("the route has more than %d rules, %d matches or %d parentRefs", maxRules, maxMatchesInRoute, maxParentRefs)
+	c := newCompiledRoute(kindGRPCRoute, r.ObjectMeta, r.Spec.ParentRefs, counts)
+	if c.refused != "" {
 		return c
 	}
 	for i, rule := range r.Spec.Rules {
-		name := ruleName(rule.Name, i)
-		ms := rule.Matches
-		if len(ms) == 0 {
-			ms = []gatewayv1.GRPCRouteMatch{{}}
-		}
-		var compiled []compiledMatch
-		var rerr *ruleError
-		for j, m := range ms {
-			if len(m.Headers) > maxPerRule {
-				rerr = unsupported("match %d has more than %d header matches", j, maxPerRule)
-				break
-			}
-			rm, rk, err := grpcMatch(m)
-			if err != nil {
-				rerr = unsupported("match %d: %v", j, err)
-				break
-			}
-			compiled = append(compiled, compiledMatch{rm, rk, j})
-		}
 		spec := ruleSpec{filters: grpcFilters(rule.Filters), sessionPersistence: rule.SessionPersistence != nil}
 		for _, b := range rule.BackendRefs {
 			spec.backends = append(spec.backends, gatewayv1.HTTPBackendRef{BackendRef: b.BackendRef, Filters: grpcFilters(b.Filters)})
 		}
-		var act action
-		if rerr == nil {
-			act, rerr = t.buildAction(kindGRPCRoute, r.Namespace, r.Spec.ParentRefs, spec)
-		}
-		c.refs = append(c.refs, act.refs...)
-		if rerr != nil {
-			c.drop(name, rerr)
-			continue
-		}
-		c.rules = append(c.rules, compiledRule{index: i, name: name, matches: compiled, act: act})
+		t.addRule(c, i, rule.Name, len(rule.Matches), spec, func(j int) (*routev3.RouteMatch, rank, *ruleError) {
+			var m gatewayv1.GRPCRouteMatch
+			if j < len(rule.Matches) {
+				m = rule.Matches[j]
+			}
+			if len(m.Headers) > maxPerRule {
+				return nil, rank{}, unsupported("match %d has more than %d header matches", j, maxPerRule)
+			}
+			rm, rk, err := grpcMatch(m)
+			if err != nil {
+				return nil, rank{}, unsupported("match %d: %v", j, err)
+			}
+			return rm, rk, nil
+		})
 	}
 	return c
+}
+
+// newCompiledRoute starts the translation of a route; matches has the
+// number of matches of each rule. A route past the CRDs' bounds is refused
+// whole.
+func newCompiledRoute(kind string, meta metav1.ObjectMeta, parents []gatewayv1.ParentReference, matches []int) *compiledRoute {
+	c := &compiledRoute{
+		kind: kind, key: types.NamespacedName{Namespace: meta.Namespace, Name: meta.Name},
+		generation: meta.Generation, created: meta.CreationTimestamp.Time, parents: parents,
+	}
+	total := 0
+	for _, n := range matches {
+		total += max(1, n) // a rule without matches matches everything: one route
+	}
+	if len(matches) > maxRules || total > maxMatchesInRoute || len(parents) > maxParentRefs {
+		c.refused = fmt.Sprintf("the route has more than %d rules, %d matches or %d parentRefs", maxRules, maxMatchesInRoute, maxParentRefs)
+	}
+	return c
+}
+
+// addRule translates rule index of c: its matches (n of them, or one that
+// matches everything when n is 0) with match, then its action. A rule with
+// anything that cannot be translated is dropped, with the reason.
+func (t *translator) addRule(c *compiledRoute, index int, name *gatewayv1.SectionName, n int, spec ruleSpec,
+	match func(j int) (*routev3.RouteMatch, rank, *ruleError)) {
+	rn := ruleName(name, index)
+	var compiled []compiledMatch
+	var rerr *ruleError
+	for j := range max(1, n) {
+		rm, rk, err := match(j)
+		if err != nil {
+			rerr = err
+			break
+		}
+		compiled = append(compiled, compiledMatch{rm, rk, j})
+	}
+	var act action
+	if rerr == nil {
+		act, rerr = t.buildAction(c.kind, c.key.Namespace, c.parents, spec)
+	}
+	c.refs = append(c.refs, act.refs...)
+	if rerr != nil {
+		c.drop(rn, rerr)
+		return
+	}
+	c.rules = append(c.rules, compiledRule{index: index, name: rn, matches: compiled, act: act})
 }
 
 // grpcFilters converts GRPCRoute filters into the HTTPRoute filters they
@@ -613,7 +625,7 @@ func (t *translator) routeConfig(pk portKey, atts []attachment) *routev3.RouteCo
 		}
 	}
 	var out []*routev3.Route
-	for _, ns := range sortedKeys(consumers) {
+	for _, ns := range slices.Sorted(maps.Keys(consumers)) {
 		es := consumers[ns]
 		slices.SortFunc(es, entry.compare)
 		for _, e := range es {
@@ -698,13 +710,4 @@ func (t *translator) callerFrom(ns string) *matcherv3.FilterStateMatcher {
 			MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://" + t.opts.TrustDomain + "/ns/" + ns + "/sa/"},
 		}},
 	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
