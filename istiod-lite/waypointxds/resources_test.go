@@ -2,6 +2,7 @@ package waypointxds
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -163,5 +164,75 @@ func TestWaypointForWorkloadHasNoServiceChains(t *testing.T) {
 	o := outcomeFor(t, out.Outcomes, "HTTPRoute", "shop/r", 0)
 	if c := o.Condition("Accepted"); c.Reason != "NoMatchingParent" {
 		t.Errorf("Accepted %+v, want NoMatchingParent naming istio.io/waypoint-for", c)
+	}
+}
+
+// TestResourcesByType: the shape the xDS server takes, every resource
+// under its type URL and name.
+func TestResourcesByType(t *testing.T) {
+	out := translateValid(t, fixtureInput())
+	res := out.Resources()
+	for typeURL, want := range map[string]int{
+		ListenerType: 1, RouteConfigurationType: len(out.Routes), ClusterType: 9, ClusterLoadAssignmentType: 9,
+	} {
+		if got := len(res[typeURL]); got != want {
+			t.Errorf("%s: %d resources, want %d", typeURL, got, want)
+		}
+		for name, m := range res[typeURL] {
+			if got := "type.googleapis.com/" + string(m.ProtoReflect().Descriptor().FullName()); got != typeURL {
+				t.Errorf("%s is a %s under %s", name, got, typeURL)
+			}
+		}
+	}
+	if res[ListenerType]["shop/waypoint"] == nil || res[ClusterLoadAssignmentType][webCluster] == nil {
+		t.Errorf("resources not under their names: %v", res)
+	}
+}
+
+// TestProtocolOfPort: appProtocol first, else the name's prefix; unknown
+// is detected, never assumed to be TCP (which would skip L7 policy).
+func TestProtocolOfPort(t *testing.T) {
+	for _, tc := range []struct {
+		port Port
+		want protocol
+	}{
+		{Port{Name: "x", AppProtocol: "http"}, protoHTTP1},
+		{Port{Name: "x", AppProtocol: "kubernetes.io/h2c"}, protoHTTP2},
+		{Port{Name: "x", AppProtocol: "grpc"}, protoHTTP2},
+		{Port{Name: "x", AppProtocol: "HTTP2"}, protoHTTP2},
+		{Port{Name: "x", AppProtocol: "kubernetes.io/ws"}, protoHTTP1},
+		{Port{Name: "http", AppProtocol: "tcp"}, protoTCP},
+		{Port{Name: "https"}, protoTCP},
+		{Port{Name: "grpc-web"}, protoHTTP2},
+		{Port{Name: "http-alt"}, protoHTTP1},
+		{Port{Name: "tcp-db"}, protoTCP},
+		{Port{Name: "web"}, protoAuto},
+		{Port{Name: "x", AppProtocol: "example.com/custom"}, protoAuto},
+	} {
+		if got := protocolOf(tc.port); got != tc.want {
+			t.Errorf("%+v: %v, want %v", tc.port, got, tc.want)
+		}
+	}
+}
+
+// TestHeadlessServiceIsNoParent: a headless Service has no address to bind
+// routes to.
+func TestHeadlessServiceIsNoParent(t *testing.T) {
+	in := fixtureInput()
+	wp := waypointKey
+	in.Services = append(in.Services, Service{Namespace: "shop", Name: "db", Waypoint: &wp, Ports: []Port{{Name: "http", Port: 80}}})
+	in.HTTPRoutes = append(in.HTTPRoutes, httpRoute(t, 0, `
+metadata: {name: r}
+spec:
+  parentRefs: [{group: "", kind: Service, name: db}]
+  rules: [{backendRefs: [{name: db, port: 80}]}]`))
+	out := translateValid(t, in)
+	if c := outcomeFor(t, out.Outcomes, "HTTPRoute", "shop/r", 0).Condition("Accepted"); c.Reason != "NoMatchingParent" || !strings.Contains(c.Message, "headless") {
+		t.Errorf("Accepted %+v, want NoMatchingParent saying the Service is headless", c)
+	}
+	for _, fc := range out.Listener.GetFilterChains() {
+		if strings.HasPrefix(fc.GetName(), "shop/db:") {
+			t.Errorf("filter chain %s for a headless Service", fc.GetName())
+		}
 	}
 }
