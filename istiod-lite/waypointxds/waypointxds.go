@@ -26,12 +26,13 @@
 // Each RouteConfiguration has one VirtualHost with domains ["*"]. Its routes
 // are, in order: for each namespace with consumer routes (routes in another
 // namespace than the Service), those routes, restricted to callers from that
-// namespace, and a 404 for the rest of that namespace's requests; then the
-// producer routes (routes in the Service's namespace) in Gateway API
-// precedence order. If no producer route applies to the port, a last route
-// sends everything to the Service's own cluster, as without a waypoint; if
-// producer routes apply, a request none of them matches gets 404, as Gateway
-// API requires.
+// namespace; then the producer routes (routes in the Service's namespace),
+// which apply to every caller; each group in Gateway API precedence order.
+// A request none of them matches gets 404, as Gateway API requires. If no
+// producer route applies to the port, a 404 follows each consumer
+// namespace's routes (for that namespace's other requests), and a last
+// route sends everything else to the Service's own cluster, as without a
+// waypoint.
 //
 // L7 AuthorizationPolicies attached to the waypoint's Gateway, or to a bound
 // Service, become Envoy RBAC filters in the chains they apply to (HTTP
