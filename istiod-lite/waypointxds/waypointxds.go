@@ -81,8 +81,9 @@ const (
 type Input struct {
 	// Waypoint is the waypoint's Gateway.
 	Waypoint Waypoint
-	// Services are the Services the routes name, as parent or as backend.
-	// Those whose Waypoint is this waypoint are bound to it.
+	// Services are every Service bound to this waypoint (Waypoint is this
+	// waypoint; each gets its filter chains even without routes), and the
+	// other Services the routes name, as parent or as backend.
 	Services []Service
 	// Endpoints are the ready endpoints of those Services, one per
 	// (Service, port, address).
