@@ -296,7 +296,7 @@ func serviceAccountMatches(values []string, namespace string) []*workloadv1.Serv
 func cidrs(field string, values []string, u *fieldSet) []*workloadv1.CIDR {
 	var out []*workloadv1.CIDR
 	for _, v := range values {
-		prefix, err := parseCIDR(v)
+		prefix, err := ParseCIDR(v)
 		if err != nil {
 			u.add(fmt.Sprintf("%s value %q (not an IP address or CIDR)", field, v))
 			return nil
@@ -306,7 +306,11 @@ func cidrs(field string, values []string, u *fieldSet) []*workloadv1.CIDR {
 	return out
 }
 
-func parseCIDR(v string) (netip.Prefix, error) {
+// ParseCIDR reads an AuthorizationPolicy IP value: a CIDR (masked), or an
+// address as a single-address prefix. An IPv6 zone is refused. The
+// waypoint's translation (waypointxds) reads IP values with it too, so that
+// ztunnel and the waypoint accept the same values.
+func ParseCIDR(v string) (netip.Prefix, error) {
 	if strings.Contains(v, "/") {
 		p, err := netip.ParsePrefix(v)
 		if err != nil {
