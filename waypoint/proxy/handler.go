@@ -34,9 +34,13 @@ type handler struct {
 func newHandler(cfg Config, mq *mirrorQueue) *handler {
 	h := &handler{cfg: cfg, mirror: mq}
 	h.rp = &httputil.ReverseProxy{
-		Director:       director,
-		Transport:      h,
-		FlushInterval:  -1, // stream: every write of the endpoint goes out at once
+		Director:  director,
+		Transport: h,
+		// 0: a response of unknown length (streams, gRPC) is flushed at
+		// every write, one of known length is written as it fills the
+		// buffer. Never flushing the headers early matters for gRPC's
+		// trailers-only responses: their HEADERS must end the stream.
+		FlushInterval:  0,
 		BufferPool:     bufferPool{},
 		ModifyResponse: modifyResponse,
 		ErrorHandler:   h.proxyError,
@@ -189,6 +193,11 @@ func modifyResponse(resp *http.Response) error {
 	fw, _ := resp.Request.Context().Value(forwardKey{}).(*forwardCtx)
 	if fw == nil {
 		return nil
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The exchange is over; the upgraded connection is not bound by
+		// the route timeout.
+		fw.stopTimer()
 	}
 	if fw.d.Split != nil {
 		route.ApplyHeaders(resp.Header, &fw.d.Split.ResponseHeaders)

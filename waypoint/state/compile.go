@@ -23,6 +23,7 @@ import (
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -41,6 +42,13 @@ type Options struct {
 // DefaultOptions are the defaults of the waypoint's flags.
 func DefaultOptions() Options {
 	return Options{MaxRetries: 10, MaxRegexBytes: 4096, MaxDirectResponseBytes: 4096}
+}
+
+// RegisterFlags adds a flag for each option, with o's values as defaults.
+func (o *Options) RegisterFlags(fs *pflag.FlagSet) {
+	fs.IntVar(&o.MaxRetries, "max-retries", o.MaxRetries, "most retries a route may ask for; a route asking more is refused")
+	fs.IntVar(&o.MaxRegexBytes, "max-regex-bytes", o.MaxRegexBytes, "longest regular expression a route may use")
+	fs.IntVar(&o.MaxDirectResponseBytes, "max-direct-response-bytes", o.MaxDirectResponseBytes, "largest body of a direct response")
 }
 
 func (o Options) withDefaults() Options {
