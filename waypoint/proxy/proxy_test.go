@@ -20,6 +20,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -582,5 +583,41 @@ func BenchmarkRequestPath(b *testing.B) {
 		if resp.StatusCode != 200 {
 			b.Fatal(resp.Status)
 		}
+	}
+}
+
+// TestHTTP2StreamLimitIsAdvertised: an HTTP/2 client is told how many
+// requests it may have in flight on the connection (--max-concurrent-streams).
+func TestHTTP2StreamLimitIsAdvertised(t *testing.T) {
+	w := newWaypoint(t, func(c *proxy.Config) { c.Limits.MaxConcurrentStreams = 3 })
+	w.cluster("echo", envoytest.HTTP2, backend(t, "echo", nil))
+	w.routes(hcmv3.HttpConnectionManager_HTTP2, envoytest.Prefix("/", "echo"))
+	c, err := net.Dial("tcp", w.listen(vip))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no SETTINGS from the server: %v", err)
+		}
+		sf, ok := f.(*http2.SettingsFrame)
+		if !ok || sf.IsAck() {
+			continue
+		}
+		v, ok := sf.Value(http2.SettingMaxConcurrentStreams)
+		if !ok || v != 3 {
+			t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS = %d (sent %v), want 3", v, ok)
+		}
+		return
 	}
 }
