@@ -78,7 +78,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	snap := h.cfg.State.Load()
-	d := route.Decide(snap, route.Input{Dst: info.dst, PeerNamespace: info.peer.Identity.Namespace}, r, h.cfg.Rand)
+	d := route.Decide(snap, route.Input{Dst: info.dst, PeerPrincipal: info.principal}, r, h.cfg.Rand)
 	switch d.Outcome {
 	case route.NoChain, route.TCP:
 		localReply(w, http.StatusServiceUnavailable, "no HTTP filter chain for this destination")

@@ -134,10 +134,10 @@ func (s *Server) ServeConn(c net.Conn, dst netip.AddrPort, peer Peer) error {
 	if chain == nil {
 		return ErrNoChain
 	}
-	info := &connInfo{dst: dst, peer: peer}
 	if chain.HTTP == nil {
 		return s.tcp.serve(c, dst, chain, &s.wg)
 	}
+	info := newConnInfo(dst, peer)
 	ln := s.lns[chain.HTTP.Codec]
 	if err := ln.push(&infoConn{Conn: c, info: info}); err != nil {
 		return fmt.Errorf("waypoint: handing over a connection: %w", err)
@@ -176,8 +176,17 @@ func (s *Server) Close() error {
 
 // connInfo is what the request path knows of a connection.
 type connInfo struct {
-	dst  netip.AddrPort
-	peer Peer
+	dst       netip.AddrPort
+	peer      Peer
+	principal string // the peer's SPIFFE ID, made once per connection
+}
+
+func newConnInfo(dst netip.AddrPort, peer Peer) *connInfo {
+	ci := &connInfo{dst: dst, peer: peer}
+	if !peer.Identity.IsZero() {
+		ci.principal = peer.Identity.String()
+	}
+	return ci
 }
 
 type connInfoKey struct{}
@@ -185,7 +194,7 @@ type connInfoKey struct{}
 // WithConn returns ctx carrying a connection's destination and peer, as
 // ServeConn's connections carry them; for requests served by Handler.
 func WithConn(ctx context.Context, dst netip.AddrPort, peer Peer) context.Context {
-	return context.WithValue(ctx, connInfoKey{}, &connInfo{dst: dst, peer: peer})
+	return context.WithValue(ctx, connInfoKey{}, newConnInfo(dst, peer))
 }
 
 func connContext(ctx context.Context, c net.Conn) context.Context {

@@ -32,9 +32,9 @@ type Input struct {
 	// Dst is the destination the client asked for: the CONNECT
 	// authority (Service VIP:port or pod IP:port).
 	Dst netip.AddrPort
-	// PeerNamespace is the namespace of the client's identity ("" when
-	// unknown).
-	PeerNamespace string
+	// PeerPrincipal is the SPIFFE ID of the client ("" when unknown), the
+	// filter state io.istio.peer_principal.
+	PeerPrincipal string
 }
 
 // Outcome is the kind of a decision.

@@ -50,7 +50,7 @@ func snapshot(t testing.TB, routes ...*routev3.Route) *state.Snapshot {
 }
 
 func decide(snap *state.Snapshot, r *http.Request) route.Decision {
-	return route.Decide(snap, route.Input{Dst: vip, PeerNamespace: "consumer"}, r, seeded())
+	return route.Decide(snap, route.Input{Dst: vip, PeerPrincipal: "spiffe://cluster.local/ns/consumer/sa/default"}, r, seeded())
 }
 
 func exact(path, cluster string) *routev3.Route {
@@ -150,19 +150,27 @@ func TestNoRoute(t *testing.T) {
 	}
 }
 
-// TestConsumerRouteMatchesPeerNamespace: a route with the peer namespace
-// filter-state match applies to callers from that namespace only.
-func TestConsumerRouteMatchesPeerNamespace(t *testing.T) {
+// TestConsumerRouteMatchesPeerPrincipal: a route with a filter-state
+// match on the peer principal (the consumer namespace's prefix, as the
+// translator writes it) applies to callers from that namespace only.
+func TestConsumerRouteMatchesPeerPrincipal(t *testing.T) {
 	consumer := envoytest.Prefix("/", "consumer-route")
 	consumer.Match.FilterState = []*matcherv3.FilterStateMatcher{{
-		Key:     state.FilterStateKeyPeerNamespace,
-		Matcher: &matcherv3.FilterStateMatcher_StringMatch{StringMatch: exactString("consumer")},
+		Key: state.FilterStateKeyPeerPrincipal,
+		Matcher: &matcherv3.FilterStateMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+			MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://cluster.local/ns/consumer/sa/"},
+		}},
 	}}
 	snap := snapshot(t, consumer, envoytest.Prefix("/", "producer-route"))
-	for ns, want := range map[string]string{"consumer": "consumer-route", "other": "producer-route", "": "producer-route"} {
-		d := route.Decide(snap, route.Input{Dst: vip, PeerNamespace: ns}, httptest.NewRequest("GET", "/", nil), seeded())
+	for peer, want := range map[string]string{
+		"spiffe://cluster.local/ns/consumer/sa/app":     "consumer-route",
+		"spiffe://cluster.local/ns/consumer-two/sa/app": "producer-route",
+		"spiffe://cluster.local/ns/other/sa/app":        "producer-route",
+		"":                                              "producer-route",
+	} {
+		d := route.Decide(snap, route.Input{Dst: vip, PeerPrincipal: peer}, httptest.NewRequest("GET", "/", nil), seeded())
 		if d.Cluster != want {
-			t.Errorf("peer namespace %q: cluster %q, want %q", ns, d.Cluster, want)
+			t.Errorf("peer %q: cluster %q, want %q", peer, d.Cluster, want)
 		}
 	}
 }

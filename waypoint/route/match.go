@@ -27,8 +27,8 @@ func matches(m *state.Match, r *http.Request, path, query string, in Input) bool
 	}
 	for i := range m.FilterState {
 		f := &m.FilterState[i]
-		// The only key compile accepts is the peer's namespace.
-		if in.PeerNamespace == "" || !matchString(&f.String, in.PeerNamespace) {
+		// The only key compile accepts is the peer's principal.
+		if in.PeerPrincipal == "" || !matchString(&f.String, in.PeerPrincipal) {
 			return false
 		}
 	}

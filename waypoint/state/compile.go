@@ -429,8 +429,8 @@ func compileMatch(m *routev3.RouteMatch, p string, opts Options, v *violations, 
 	out.GRPC = m.GetGrpc() != nil
 	for i, f := range m.GetFilterState() {
 		fp := fmt.Sprintf("%s.filter_state[%d]", p, i)
-		if f.GetKey() != FilterStateKeyPeerNamespace {
-			v.add(fp+".key", "filter state key %q is not supported (only %s)", f.GetKey(), FilterStateKeyPeerNamespace)
+		if f.GetKey() != FilterStateKeyPeerPrincipal {
+			v.add(fp+".key", "filter state key %q is not supported (only %s)", f.GetKey(), FilterStateKeyPeerPrincipal)
 			continue
 		}
 		sm := compileString(f.GetStringMatch(), fp+".string_match", opts, v)
@@ -925,6 +925,8 @@ func compileAssignment(la *endpointv3.ClusterLoadAssignment, p string, v *violat
 							continue
 						}
 						e.TunnelPort = uint16(port)
+					case "node":
+						// The endpoint's node, for logs; not used to connect.
 					default:
 						v.add(mp+"."+k, "unknown key")
 					}

@@ -26,14 +26,17 @@ import (
 // exists in its message, so a typo cannot widen or narrow the subset.
 var supported = map[protoreflect.FullName][]protoreflect.Name{
 	// Listener: one filter chain per destination (VIP or pod IP, port).
-	"envoy.config.listener.v3.Listener":         {"name", "address", "stat_prefix", "filter_chains", "default_filter_chain"},
-	"envoy.config.core.v3.Address":              {"socket_address"},
-	"envoy.config.core.v3.SocketAddress":        {"address", "port_value"},
-	"envoy.config.listener.v3.FilterChain":      {"name", "filter_chain_match", "filters", "metadata"},
-	"envoy.config.listener.v3.FilterChainMatch": {"destination_port", "prefix_ranges"},
-	"envoy.config.core.v3.CidrRange":            {"address_prefix", "prefix_len"},
-	"envoy.config.listener.v3.Filter":           {"name", "typed_config"},
-	"envoy.config.core.v3.Metadata":             {"filter_metadata"},
+	"envoy.config.listener.v3.Listener": {
+		"name", "address", "internal_listener", "stat_prefix", "filter_chains", "default_filter_chain",
+	},
+	"envoy.config.listener.v3.Listener.InternalListenerConfig": {},
+	"envoy.config.core.v3.Address":                             {"socket_address"},
+	"envoy.config.core.v3.SocketAddress":                       {"address", "port_value"},
+	"envoy.config.listener.v3.FilterChain":                     {"name", "filter_chain_match", "filters", "metadata"},
+	"envoy.config.listener.v3.FilterChainMatch":                {"destination_port", "prefix_ranges"},
+	"envoy.config.core.v3.CidrRange":                           {"address_prefix", "prefix_len"},
+	"envoy.config.listener.v3.Filter":                          {"name", "typed_config"},
+	"envoy.config.core.v3.Metadata":                            {"filter_metadata"},
 
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": {
 		"codec_type", "stat_prefix", "rds", "route_config", "http_filters", "upgrade_configs",

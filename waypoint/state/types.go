@@ -240,10 +240,12 @@ type QueryMatch struct {
 	Present bool
 }
 
-// FilterStateKeyPeerNamespace is the filter-state key a route can match
-// on to apply only to callers from one namespace (Gateway API consumer
-// routes): the namespace of the client's SPIFFE identity.
-const FilterStateKeyPeerNamespace = "io.cairn.peer.namespace"
+// FilterStateKeyPeerPrincipal is the filter-state key a route can match
+// on to apply only to some callers (Gateway API consumer routes match the
+// prefix spiffe://<trust domain>/ns/<namespace>/sa/): the SPIFFE ID of the
+// client's certificate, as the HBONE server authenticated it. Istio's
+// name; internal/waypointcontract.PeerPrincipalFilterState.
+const FilterStateKeyPeerPrincipal = "io.istio.peer_principal"
 
 // FilterStateMatch is a compiled FilterStateMatcher.
 type FilterStateMatch struct {
