@@ -116,7 +116,10 @@ func retriable(rp *state.Retry, resp *http.Response, err error) bool {
 		case errors.Is(err, upstream.ErrNoEndpoint):
 			return false
 		default:
-			return rp.On&(state.Retry5xx|state.RetryGatewayError|state.RetryReset) != 0
+			// A reset or disconnect before the response (HTTP/2's
+			// REFUSED_STREAM that Go's transport did not retry itself
+			// comes here too).
+			return rp.On&(state.Retry5xx|state.RetryGatewayError|state.RetryReset|state.RetryRefusedStream) != 0
 		}
 	}
 	code := resp.StatusCode
