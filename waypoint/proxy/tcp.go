@@ -31,10 +31,16 @@ func (t *tcpProxy) init() {
 
 func (t *tcpProxy) serve(c net.Conn, dst netip.AddrPort, chain *state.Chain, wg *sync.WaitGroup) error {
 	t.init()
-	if !t.track(c) {
+	// The WaitGroup is added to under the lock that closeAll takes, so no
+	// Add can follow the Wait of Shutdown (which calls closeAll first).
+	t.mu.Lock()
+	if t.ctx.Err() != nil {
+		t.mu.Unlock()
 		return net.ErrClosed
 	}
+	t.conns[c] = struct{}{}
 	wg.Add(1)
+	t.mu.Unlock()
 	go func() {
 		defer wg.Done()
 		defer t.untrack(c)
