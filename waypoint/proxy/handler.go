@@ -59,6 +59,7 @@ type forwardCtx struct {
 	h2      bool
 	cancel  context.CancelCauseFunc
 	timeout time.Duration
+	xff     []string // the client's X-Forwarded-For, passed on as it is
 
 	mu      sync.Mutex // guards timer and done: the body reader starts the timer
 	timer   *time.Timer
@@ -90,7 +91,16 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		localReply(w, http.StatusNotFound, "")
 		return
 	}
-	if up := upgradeType(r.Header); up != "" && !d.Chain.HTTP.AllowsUpgrade(up) {
+	up := upgradeType(r.Header)
+	if up == "h2c" {
+		// An HTTP/1.1 client offering HTTP/2 (curl --http2): carry on in
+		// HTTP/1.1, as Envoy does.
+		r.Header.Del("Upgrade")
+		r.Header.Del("Http2-Settings")
+		r.Header.Del("Connection")
+		up = ""
+	}
+	if up != "" && !d.Chain.HTTP.AllowsUpgrade(up) {
 		localReply(w, http.StatusForbidden, "upgrade failed")
 		return
 	}
@@ -122,7 +132,8 @@ func (h *handler) forward(w http.ResponseWriter, r *http.Request, snap *state.Sn
 		localReply(w, f.NotFoundStatus, "")
 		return
 	}
-	fw := &forwardCtx{d: d, snap: snap, cluster: cluster, eps: snap.Endpoints(cluster), timeout: f.Timeout}
+	fw := &forwardCtx{d: d, snap: snap, cluster: cluster, eps: snap.Endpoints(cluster), timeout: f.Timeout,
+		xff: r.Header["X-Forwarded-For"]}
 	if len(fw.eps) == 0 {
 		localReply(w, http.StatusServiceUnavailable, "no healthy upstream")
 		return
@@ -182,8 +193,10 @@ func (fw *forwardCtx) stopTimer() {
 func director(out *http.Request) {
 	out.URL.Scheme = "http"
 	out.URL.Host = "upstream.waypoint.invalid" // the transport is per endpoint; the Host header is out.Host
-	// The waypoint does not add X-Forwarded-For (Envoy without
-	// use_remote_address does not either).
+	// The waypoint does not add to X-Forwarded-For (Envoy without
+	// use_remote_address does not either): nil stops the ReverseProxy from
+	// appending the tunnel's address, and RoundTrip puts the client's
+	// values back.
 	out.Header["X-Forwarded-For"] = nil
 }
 

@@ -47,7 +47,8 @@ func TestForwardsWithHeaderMutations(t *testing.T) {
 	w.cluster("echo", envoytest.HTTP1, b)
 	w.routes(hcmv3.HttpConnectionManager_AUTO, r)
 
-	resp, got := get(t, w.client(vip), "GET", url+"/a?b=c", nil, "x-set", "old", "x-add", "1", "x-remove", "gone")
+	c := w.client(vip)
+	resp, got := get(t, c, "GET", url+"/a?b=c", nil, "x-set", "old", "x-add", "1", "x-remove", "gone")
 	if resp.StatusCode != 200 || got.Backend != "echo" || got.URI != "/a?b=c" {
 		t.Fatalf("status %d, backend %q, URI %q", resp.StatusCode, got.Backend, got.URI)
 	}
@@ -65,6 +66,9 @@ func TestForwardsWithHeaderMutations(t *testing.T) {
 	}
 	if resp.Header.Get("X-Resp") != "r" || resp.Header.Get("X-Backend-Secret") != "" {
 		t.Errorf("response headers %v", resp.Header)
+	}
+	if _, got := get(t, c, "GET", url+"/", nil, "x-forwarded-for", "192.0.2.1"); got.Header.Get("X-Forwarded-For") != "192.0.2.1" {
+		t.Errorf("the client's X-Forwarded-For became %q", got.Header.Values("X-Forwarded-For"))
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
