@@ -49,7 +49,9 @@ func update(ms ...proto.Message) xdsclient.Update {
 // the data plane refused.
 func TestUnsupportedFieldIsRefusedWithItsPath(t *testing.T) {
 	hashed := envoytest.Prefix("/", "c")
-	hashed.GetRoute().HashPolicy = []*routev3.RouteAction_HashPolicy{{}}
+	hashed.GetRoute().HashPolicy = []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_Header_{
+		Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: "x-user"},
+	}}}
 
 	cors := envoytest.Routes("r", envoytest.Prefix("/", "c"))
 	cors.GetVirtualHosts()[0].Cors = &routev3.CorsPolicy{}
