@@ -38,8 +38,9 @@ func newHandler(cfg Config, mq *mirrorQueue) *handler {
 		Transport: h,
 		// 0: a response of unknown length (streams, gRPC) is flushed at
 		// every write, one of known length is written as it fills the
-		// buffer. Never flushing the headers early matters for gRPC's
-		// trailers-only responses: their HEADERS must end the stream.
+		// buffer. Headers are never flushed ahead of an empty body, so a
+		// response without one (gRPC's trailers-only) leaves as one
+		// HEADERS frame that ends the stream, as the endpoint sent it.
 		FlushInterval:  0,
 		BufferPool:     bufferPool{},
 		ModifyResponse: modifyResponse,

@@ -145,6 +145,14 @@ func TestRejectedResourceKeepsLastGood(t *testing.T) {
 	if snap.RouteTable(&state.HTTPChain{RouteConfig: "b"}) == nil {
 		t.Error("b was not applied")
 	}
+	// A resource whose name is not the one the control plane gave it is
+	// refused too (an Envoy rule: the name is the resource's identity).
+	err = st.Apply(xdsclient.Update{TypeURL: xdsclient.TypeURLOf(bad), Resources: map[string]proto.Message{
+		"c": envoytest.Routes("not-c", envoytest.Prefix("/", "c")),
+	}})
+	if !errors.As(err, &rej) || len(rej.Names) != 1 || rej.Names[0] != "c" {
+		t.Errorf("a resource under another name: %v, want c rejected", err)
+	}
 	// A removal of a rejected-then-fixed resource works as usual.
 	if err := st.Apply(xdsclient.Update{TypeURL: xdsclient.TypeURLOf(bad), Removed: []string{"a"}}); err != nil {
 		t.Fatal(err)
