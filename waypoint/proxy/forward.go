@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -27,11 +26,6 @@ func (h *handler) RoundTrip(out *http.Request) (*http.Response, error) {
 		return nil, errors.New("waypoint: request without a routing decision")
 	}
 	d := &fw.d
-	if fw.xff != nil {
-		out.Header["X-Forwarded-For"] = slices.Clone(fw.xff)
-	} else {
-		delete(out.Header, "X-Forwarded-For")
-	}
 	if d.Split != nil {
 		route.ApplyHeaders(out.Header, &d.Split.RequestHeaders)
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,7 +35,7 @@ type handler struct {
 func newHandler(cfg Config, mq *mirrorQueue) *handler {
 	h := &handler{cfg: cfg, mirror: mq}
 	h.rp = &httputil.ReverseProxy{
-		Director:  director,
+		Rewrite:   rewrite,
 		Transport: h,
 		// 0: a response of unknown length (streams, gRPC) is flushed at
 		// every write, one of known length is written as it fills the
@@ -60,7 +61,6 @@ type forwardCtx struct {
 	h2      bool
 	cancel  context.CancelCauseFunc
 	timeout time.Duration
-	xff     []string // the client's X-Forwarded-For, passed on as it is
 
 	mu      sync.Mutex // guards timer and done: the body reader starts the timer
 	timer   *time.Timer
@@ -133,8 +133,7 @@ func (h *handler) forward(w http.ResponseWriter, r *http.Request, snap *state.Sn
 		localReply(w, f.NotFoundStatus, "")
 		return
 	}
-	fw := &forwardCtx{d: d, snap: snap, cluster: cluster, eps: snap.Endpoints(cluster), timeout: f.Timeout,
-		xff: r.Header["X-Forwarded-For"]}
+	fw := &forwardCtx{d: d, snap: snap, cluster: cluster, eps: snap.Endpoints(cluster), timeout: f.Timeout}
 	if len(fw.eps) == 0 {
 		localReply(w, http.StatusServiceUnavailable, "no healthy upstream")
 		return
@@ -189,16 +188,24 @@ func (fw *forwardCtx) stopTimer() {
 	}
 }
 
-// director prepares the outbound request; RoundTrip does the rest once
-// the endpoint is known.
-func director(out *http.Request) {
-	out.URL.Scheme = "http"
-	out.URL.Host = "upstream.waypoint.invalid" // the transport is per endpoint; the Host header is out.Host
-	// The waypoint does not add to X-Forwarded-For (Envoy without
-	// use_remote_address does not either): nil stops the ReverseProxy from
-	// appending the tunnel's address, and RoundTrip puts the client's
-	// values back.
-	out.Header["X-Forwarded-For"] = nil
+// forwardingHeaders are the headers the ReverseProxy takes out of every
+// request before rewrite; the waypoint passes the client's on unchanged,
+// as Envoy does without use_remote_address, and adds none of its own.
+var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// rewrite prepares the outbound request; RoundTrip does the rest once the
+// endpoint is known.
+func rewrite(pr *httputil.ProxyRequest) {
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = "upstream.waypoint.invalid" // the transport is per endpoint; the Host header is Out.Host
+	// The query goes as the client sent it (the ReverseProxy drops the
+	// parameters it cannot parse).
+	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+	for _, k := range forwardingHeaders {
+		if v, ok := pr.In.Header[k]; ok {
+			pr.Out.Header[k] = slices.Clone(v)
+		}
+	}
 }
 
 // modifyResponse applies the response header mutations: the split's, then

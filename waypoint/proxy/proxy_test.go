@@ -67,8 +67,12 @@ func TestForwardsWithHeaderMutations(t *testing.T) {
 	if resp.Header.Get("X-Resp") != "r" || resp.Header.Get("X-Backend-Secret") != "" {
 		t.Errorf("response headers %v", resp.Header)
 	}
-	if _, got := get(t, c, "GET", url+"/", nil, "x-forwarded-for", "192.0.2.1"); got.Header.Get("X-Forwarded-For") != "192.0.2.1" {
-		t.Errorf("the client's X-Forwarded-For became %q", got.Header.Values("X-Forwarded-For"))
+	_, got = get(t, c, "GET", url+"/?a=1;b=2", nil, "x-forwarded-for", "192.0.2.1", "forwarded", "for=192.0.2.1")
+	if got.Header.Get("X-Forwarded-For") != "192.0.2.1" || got.Header.Get("Forwarded") != "for=192.0.2.1" {
+		t.Errorf("the client's forwarding headers became %q, %q", got.Header.Values("X-Forwarded-For"), got.Header.Values("Forwarded"))
+	}
+	if got.URI != "/?a=1;b=2" {
+		t.Errorf("the query became %q", got.URI)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -53,8 +53,8 @@ func TestUnsupportedFieldIsRefusedWithItsPath(t *testing.T) {
 		Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: "x-user"},
 	}}}
 
-	cors := envoytest.Routes("r", envoytest.Prefix("/", "c"))
-	cors.GetVirtualHosts()[0].Cors = &routev3.CorsPolicy{}
+	vhRetry := envoytest.Routes("r", envoytest.Prefix("/", "c"))
+	vhRetry.GetVirtualHosts()[0].RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx"}
 
 	withRBAC := envoytest.HCM("r", hcmv3.HttpConnectionManager_AUTO)
 	withRBAC.HttpFilters = append([]*hcmv3.HttpFilter{{
@@ -78,7 +78,7 @@ func TestUnsupportedFieldIsRefusedWithItsPath(t *testing.T) {
 		fieldPath string
 	}{
 		{"route action field", envoytest.Routes("r", envoytest.Prefix("/a", "c"), hashed), "r", "virtual_hosts[0].routes[1].route.hash_policy"},
-		{"virtual host field", cors, "r", "virtual_hosts[0].cors"},
+		{"virtual host field", vhRetry, "r", "virtual_hosts[0].retry_policy"},
 		{"HTTP filter", envoytest.Listener("l", envoytest.Chain(vip, withRBAC)), "l",
 			"filter_chains[0].filters[0].typed_config(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager).http_filters[0].typed_config(envoy.extensions.filters.http.rbac.v3.RBAC)"},
 		{"connection manager field", envoytest.Listener("l", envoytest.Chain(vip, traced)), "l",
