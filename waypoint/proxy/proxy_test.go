@@ -629,3 +629,27 @@ func TestHTTP2StreamLimitIsAdvertised(t *testing.T) {
 		return
 	}
 }
+
+// TestSplitHeaderMutations: a backend's own header mutations (Gateway API
+// filters on a backendRef) apply to the requests that split sends it,
+// before the route's.
+func TestSplitHeaderMutations(t *testing.T) {
+	w := newWaypoint(t)
+	w.cluster("v1", envoytest.HTTP1, backend(t, "v1", nil))
+	r := envoytest.Weighted("/", "v1", 1)
+	cw := r.GetRoute().GetWeightedClusters().GetClusters()[0]
+	cw.RequestHeadersToAdd = []*corev3.HeaderValueOption{envoytest.Set("x-split", "split"), envoytest.Add("x-both", "split")}
+	cw.ResponseHeadersToAdd = []*corev3.HeaderValueOption{envoytest.Set("x-split-resp", "1")}
+	r.RequestHeadersToAdd = []*corev3.HeaderValueOption{envoytest.Add("x-both", "route")}
+	w.routes(hcmv3.HttpConnectionManager_AUTO, r)
+	resp, got := get(t, w.client(vip), "GET", url+"/", nil)
+	if v := got.Header.Values("X-Split"); len(v) != 1 || v[0] != "split" {
+		t.Errorf("X-Split %v", v)
+	}
+	if v := got.Header.Values("X-Both"); len(v) != 2 || v[0] != "split" || v[1] != "route" {
+		t.Errorf("X-Both %v, want [split route]", v)
+	}
+	if resp.Header.Get("X-Split-Resp") != "1" {
+		t.Errorf("response headers %v", resp.Header)
+	}
+}
