@@ -27,6 +27,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/cairnmesh/cairn/internal/waypointcontract"
 )
 
 // Options bound what a resource may ask of the waypoint.
@@ -911,21 +913,21 @@ func compileAssignment(la *endpointv3.ClusterLoadAssignment, p string, v *violat
 				mp := fmt.Sprintf("%s.metadata.filter_metadata[%q]", ep, HBONEMetadataKey)
 				for k, val := range md.GetFields() {
 					switch k {
-					case "identity":
+					case waypointcontract.HBONEIdentityKey:
 						id, err := spiffeid.FromString(val.GetStringValue())
 						if err != nil {
 							v.add(mp+".identity", "not a SPIFFE ID: %v", err)
 							continue
 						}
 						e.Identity = id.String()
-					case "port":
+					case waypointcontract.HBONEPortKey:
 						port := val.GetNumberValue()
 						if port < 1 || port > math.MaxUint16 || port != math.Trunc(port) {
 							v.add(mp+".port", "port %v is out of range", port)
 							continue
 						}
 						e.TunnelPort = uint16(port)
-					case "node":
+					case waypointcontract.HBONENodeKey:
 						// The endpoint's node, for logs; not used to connect.
 					default:
 						v.add(mp+"."+k, "unknown key")

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/cairnmesh/cairn/internal/waypointcontract"
 )
 
 // Codec is the HTTP protocol a filter chain speaks to its clients.
@@ -244,8 +246,8 @@ type QueryMatch struct {
 // on to apply only to some callers (Gateway API consumer routes match the
 // prefix spiffe://<trust domain>/ns/<namespace>/sa/): the SPIFFE ID of the
 // client's certificate, as the HBONE server authenticated it. Istio's
-// name; internal/waypointcontract.PeerPrincipalFilterState.
-const FilterStateKeyPeerPrincipal = "io.istio.peer_principal"
+// name, agreed with the translator in internal/waypointcontract.
+const FilterStateKeyPeerPrincipal = waypointcontract.PeerPrincipalFilterState
 
 // FilterStateMatch is a compiled FilterStateMatcher.
 type FilterStateMatch struct {
@@ -433,8 +435,9 @@ type Assignment struct {
 }
 
 // HBONEMetadataKey is the filter_metadata key of an endpoint's HBONE
-// details: {"identity": "spiffe://...", "port": 15008}.
-const HBONEMetadataKey = "cairn.hbone"
+// details: {"identity": "spiffe://...", "port": 15008}, agreed with the
+// translator in internal/waypointcontract.
+const HBONEMetadataKey = waypointcontract.EndpointMetadataHBONE
 
 func equalFold(a, b string) bool {
 	if len(a) != len(b) {
